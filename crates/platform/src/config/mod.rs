@@ -1,0 +1,469 @@
+//! Typed settings from environment variables and an optional TOML file.
+//!
+//! Every setting is named by its environment variable, in the file too (a flat table such as
+//! `DATABASE_URL = "postgres://…"`), so one name is all a person has to know; the environment wins over
+//! the file. Components parse their own documented config structs from a [`Settings`], and tests hand
+//! a [`Settings::from_pairs`] map instead of touching the process environment.
+//!
+//! Why not figment or config-rs: their errors name a nested key, while an operator needs the
+//! variable, the value they gave and the form that was expected (`FLOTILLA_DRAIN_TIMEOUT="10" is not a
+//! duration: expected a number with a unit, such as 30s or 15m`). The parsing here is small; the
+//! duration grammar itself comes from `humantime`.
+//!
+//! Every lookup is recorded with its effective value and origin, which is what `flotilla config`
+//! prints (secrets redacted) and how unknown keys in a settings file are caught.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The process environment (or the map a test handed in).
+    Environment,
+    /// A key in the settings file at this path.
+    File(PathBuf),
+    /// Nothing was set; the documented default applies.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Environment => f.write_str("environment"),
+            Origin::File(path) => write!(f, "file {}", path.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A bad setting: names the variable, the value given (redacted for secrets), and the expected form.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value was given but does not parse.
+    #[error("{name}={value:?} (from {origin}) is not valid: expected {expected}")]
+    Invalid {
+        /// The variable's name.
+        name: String,
+        /// The value as given, or `***` for a secret.
+        value: String,
+        /// Where the value came from.
+        origin: Origin,
+        /// The expected form, for a person to act on.
+        expected: String,
+    },
+    /// A required setting has no value.
+    #[error("{name} is required but not set: expected {expected}")]
+    Missing {
+        /// The variable's name.
+        name: String,
+        /// The expected form.
+        expected: String,
+    },
+    /// The settings file could not be read or parsed.
+    #[error("settings file {path}: {reason}")]
+    File {
+        /// The file's path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The settings file names settings that no component reads (most likely a typo).
+    #[error("settings file {path} has unknown settings: {names}")]
+    UnknownInFile {
+        /// The file's path.
+        path: PathBuf,
+        /// The unknown names, comma-separated.
+        names: String,
+    },
+}
+
+/// One recorded lookup: what `flotilla config` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveSetting {
+    /// The variable's name.
+    pub name: String,
+    /// The effective value, already redacted when the setting is a secret.
+    pub value: String,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// The raw settings of one run: environment over file, plus a record of every lookup.
+#[derive(Debug)]
+pub struct Settings {
+    environment: BTreeMap<String, String>,
+    file: BTreeMap<String, String>,
+    file_path: Option<PathBuf>,
+    defaults: BTreeMap<String, String>,
+    lookups: Mutex<BTreeMap<String, EffectiveSetting>>,
+}
+
+impl Settings {
+    /// Reads the process environment and, when given, a TOML settings file.
+    ///
+    /// # Errors
+    /// [`ConfigError::File`] when the file cannot be read, is not TOML, or holds a nested table or
+    /// an array (settings are flat `NAME = value` pairs).
+    pub fn from_environment(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut settings = Self::from_pairs(std::env::vars());
+        if let Some(path) = file {
+            settings.file = read_settings_file(path)?;
+            settings.file_path = Some(path.to_path_buf());
+        }
+        Ok(settings)
+    }
+
+    /// Settings from a fixed set of pairs standing for the environment; what tests use.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            environment: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            file: BTreeMap::new(),
+            file_path: None,
+            defaults: BTreeMap::new(),
+            lookups: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Returns a copy whose default for `name` is `value`, used when neither the environment nor the
+    /// file sets it. `flotilla up` uses this for its one-machine defaults (loopback addresses, SQLite
+    /// files under the data directory).
+    #[must_use]
+    pub fn with_default(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.defaults.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// The raw value and its origin, environment first.
+    fn raw(&self, name: &str) -> Option<(&str, Origin)> {
+        if let Some(value) = self.environment.get(name) {
+            return Some((value, Origin::Environment));
+        }
+        if let (Some(value), Some(path)) = (self.file.get(name), &self.file_path) {
+            return Some((value, Origin::File(path.clone())));
+        }
+        self.defaults
+            .get(name)
+            .map(|value| (value.as_str(), Origin::Default))
+    }
+
+    fn record(&self, name: &str, value: &str, origin: Origin) {
+        let shown = redact(name, value);
+        if let Ok(mut lookups) = self.lookups.lock() {
+            lookups.insert(
+                name.to_owned(),
+                EffectiveSetting {
+                    name: name.to_owned(),
+                    value: shown,
+                    origin,
+                },
+            );
+        }
+    }
+
+    /// Parses `name` with `parse`, or returns `default` when it is unset. An empty value is an error,
+    /// not a silent default: someone meant to set it.
+    fn parse_or<T, D>(
+        &self,
+        name: &str,
+        default: T,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, ConfigError>
+    where
+        D: fmt::Display,
+        T: Shown<D>,
+    {
+        match self.raw(name) {
+            None => {
+                self.record(name, &default.shown().to_string(), Origin::Default);
+                Ok(default)
+            }
+            Some((value, origin)) => {
+                let parsed = if value.trim().is_empty() {
+                    None
+                } else {
+                    parse(value.trim())
+                };
+                match parsed {
+                    Some(parsed) => {
+                        self.record(name, value, origin);
+                        Ok(parsed)
+                    }
+                    None => Err(ConfigError::Invalid {
+                        name: name.to_owned(),
+                        value: redact(name, value),
+                        origin,
+                        expected: if value.trim().is_empty() {
+                            format!("{expected} (it is empty; unset it to use the default)")
+                        } else {
+                            expected.to_owned()
+                        },
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A duration in human form (`500ms`, `30s`, `15m`, `1h 30m`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a bare number, an unknown unit or an empty value.
+    pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.parse_or(
+            name,
+            default,
+            "a duration with a unit, such as 500ms, 30s or 15m",
+            |value| humantime::parse_duration(value).ok(),
+        )
+    }
+
+    /// A listen address, `host:port` with a numeric IP (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the value is not `IP:PORT`.
+    pub fn socket_addr(&self, name: &str, default: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        self.parse_or(
+            name,
+            default,
+            "a listen address IP:PORT, such as 0.0.0.0:8080 or 127.0.0.1:0",
+            |value| SocketAddr::from_str(value).ok(),
+        )
+    }
+
+    /// An absolute URL whose scheme is one of `schemes`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the value has another scheme or no host part.
+    pub fn url(&self, name: &str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+        let expected = format!(
+            "a URL starting with {}, such as {default}",
+            schemes
+                .iter()
+                .map(|scheme| format!("{scheme}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        );
+        self.parse_or(name, default.to_owned(), &expected, |value| {
+            let (scheme, rest) = value.split_once("://")?;
+            (schemes.contains(&scheme) && !rest.is_empty()).then(|| value.to_owned())
+        })
+    }
+
+    /// A boolean: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for any other value.
+    pub fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        self.parse_or(name, default, "true or false", |value| {
+            match value.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Some(true),
+                "false" | "0" | "no" | "off" => Some(false),
+                _ => None,
+            }
+        })
+    }
+
+    /// A free-form string.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when set but empty.
+    pub fn string(&self, name: &str, default: &str) -> Result<String, ConfigError> {
+        self.parse_or(name, default.to_owned(), "a non-empty value", |value| {
+            Some(value.to_owned())
+        })
+    }
+
+    /// A required string that is a secret: it is never printed, and errors never show it.
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] when unset, [`ConfigError::Invalid`] when empty.
+    pub fn optional_secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
+        match self.raw(name) {
+            None => Ok(None),
+            Some(("", origin)) => Err(ConfigError::Invalid {
+                name: name.to_owned(),
+                value: String::new(),
+                origin,
+                expected: "a non-empty value (it is empty; unset it if it is not needed)".into(),
+            }),
+            Some((value, origin)) => {
+                self.record(name, "***", origin);
+                Ok(Some(Secret::new(value.to_owned())))
+            }
+        }
+    }
+
+    /// Every setting looked up so far with its effective value (secrets redacted), by name.
+    pub fn effective(&self) -> Vec<EffectiveSetting> {
+        self.lookups
+            .lock()
+            .map(|lookups| lookups.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Fails when the settings file names a setting that nothing looked up: call it after every
+    /// component has parsed its config, so a typo in the file is not silently ignored.
+    ///
+    /// # Errors
+    /// [`ConfigError::UnknownInFile`] listing the unknown names.
+    pub fn reject_unknown_file_keys(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.file_path else {
+            return Ok(());
+        };
+        let lookups = self
+            .lookups
+            .lock()
+            .map(|lookups| lookups.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let unknown: Vec<&str> = self
+            .file
+            .keys()
+            .filter(|key| !lookups.contains(key))
+            .map(String::as_str)
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::UnknownInFile {
+                path: path.clone(),
+                names: unknown.join(", "),
+            })
+        }
+    }
+}
+
+/// How a default is shown in the lookup record.
+trait Shown<D: fmt::Display> {
+    fn shown(&self) -> D;
+}
+
+impl Shown<String> for Duration {
+    fn shown(&self) -> String {
+        humantime::format_duration(*self).to_string()
+    }
+}
+
+impl Shown<SocketAddr> for SocketAddr {
+    fn shown(&self) -> SocketAddr {
+        *self
+    }
+}
+
+impl Shown<bool> for bool {
+    fn shown(&self) -> bool {
+        *self
+    }
+}
+
+impl Shown<String> for String {
+    fn shown(&self) -> String {
+        self.clone()
+    }
+}
+
+fn read_settings_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|error: toml::de::Error| file_error(error.message().to_owned()))?;
+    table
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(number) => number.to_string(),
+                toml::Value::Float(number) => number.to_string(),
+                toml::Value::Boolean(flag) => flag.to_string(),
+                _ => {
+                    return Err(file_error(format!(
+                        "{name} must be a string, number or boolean (settings are flat NAME = value pairs)"
+                    )));
+                }
+            };
+            Ok((name, text))
+        })
+        .collect()
+}
+
+/// Whether a setting's value must never be shown.
+fn is_secret_name(name: &str) -> bool {
+    ["SECRET", "PASSWORD", "TOKEN", "KEY"]
+        .iter()
+        .any(|marker| name.contains(marker))
+        && !name.ends_with("_FILE")
+}
+
+/// The value as it may be shown: `***` for secrets, and the password of a URL replaced by `***`.
+fn redact(name: &str, value: &str) -> String {
+    if is_secret_name(name) {
+        return "***".to_owned();
+    }
+    redact_url_password(value)
+}
+
+/// Replaces the password in `scheme://user:password@host/...` with `***`.
+pub fn redact_url_password(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return value.to_owned();
+    };
+    let user_info = &authority[..at];
+    match user_info.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => value.to_owned(),
+    }
+}
+
+/// A secret string whose `Debug` and `Display` print `***`, so it cannot leak through a log line or
+/// an error by accident. Read it with [`Secret::expose`] where it is really needed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! Opens a service's own database from its `DATABASE_URL`: SQLite (the embedded default, a file in
+//! WAL mode so readers never wait for the writer) or PostgreSQL, and applies the service's
+//! migrations for that dialect.
+//!
+//! Services use sqlx's Any driver so one set of queries serves both databases; only migrations are
+//! per dialect. The Any driver carries integers, floats, text and blobs, so services store instants
+//! as integer microseconds since the Unix epoch (see [`crate::time`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+
+use crate::admin::ReadinessCheck;
+use crate::config::redact_url_password;
+
+/// How long a caller waits for a pooled connection, and how long a readiness ping may take.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which SQL dialect a database speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite, from a `sqlite://` URL.
+    Sqlite,
+    /// PostgreSQL, from a `postgres://` or `postgresql://` URL.
+    Postgres,
+}
+
+/// Why a database could not be opened or migrated. Messages never include a password.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// The URL names no supported database.
+    #[error(
+        "database URL {url} is not supported: expected sqlite://PATH or postgres://USER@HOST/DB"
+    )]
+    UnsupportedUrl {
+        /// The URL, password redacted.
+        url: String,
+    },
+    /// The directory for a SQLite file could not be created.
+    #[error("cannot create directory {path} for the SQLite database: {source}")]
+    CreateDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// sqlx's reason.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migrating {url} failed: {source}")]
+    Migrate {
+        /// The URL, password redacted.
+        url: String,
+        /// sqlx's reason.
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// A connection pool to one service's database, and its dialect.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    dialect: Dialect,
+    shown_url: String,
+}
+
+impl Database {
+    /// Connects to `url` with at most `max_connections` connections. A SQLite file (and its
+    /// directory) is created when missing and switched to WAL mode.
+    ///
+    /// # Errors
+    /// [`DatabaseError`] when the URL is unsupported, the directory cannot be made, or the database
+    /// does not answer.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DatabaseError> {
+        sqlx::any::install_default_drivers();
+        let shown_url = redact_url_password(url);
+        let dialect = dialect_of(url).ok_or_else(|| DatabaseError::UnsupportedUrl {
+            url: shown_url.clone(),
+        })?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT);
+        let connect_url = match dialect {
+            Dialect::Postgres => url.to_owned(),
+            Dialect::Sqlite => {
+                let (url, in_memory) = prepare_sqlite_url(url)?;
+                if in_memory {
+                    // Each connection to `:memory:` is its own empty database: keep exactly one,
+                    // and never let it close, or the data goes with it.
+                    options = options
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None);
+                }
+                url
+            }
+        };
+        let pool =
+            options
+                .connect(&connect_url)
+                .await
+                .map_err(|source| DatabaseError::Connect {
+                    url: shown_url.clone(),
+                    source,
+                })?;
+        if dialect == Dialect::Sqlite {
+            // WAL is a property of the file, so setting it once here covers every connection.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(|source| DatabaseError::Connect {
+                    url: shown_url.clone(),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            pool,
+            dialect,
+            shown_url,
+        })
+    }
+
+    /// Applies the migrations for this database's dialect.
+    ///
+    /// # Errors
+    /// [`DatabaseError::Migrate`] when a migration fails or the applied ones were changed.
+    pub async fn migrate(
+        &self,
+        sqlite: &Migrator,
+        postgres: &Migrator,
+    ) -> Result<(), DatabaseError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres => postgres,
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| DatabaseError::Migrate {
+                url: self.shown_url.clone(),
+                source,
+            })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The SQL dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The URL with its password redacted, for logs.
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// A readiness check that passes when the database answers `SELECT 1` in time.
+    pub fn readiness_check(&self) -> ReadinessCheck {
+        let pool = self.pool.clone();
+        Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let ping = sqlx::query("SELECT 1").execute(&pool);
+                match tokio::time::timeout(ACQUIRE_TIMEOUT, ping).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(error)) => Err(format!("database unreachable: {error}")),
+                    Err(_) => Err("database did not answer within 5s".to_owned()),
+                }
+            })
+        })
+    }
+
+    /// Closes every connection, waiting for checked-out ones to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The dialect a URL names, if any.
+pub fn dialect_of(url: &str) -> Option<Dialect> {
+    let scheme = url.split_once(':')?.0;
+    match scheme {
+        "sqlite" => Some(Dialect::Sqlite),
+        "postgres" | "postgresql" => Some(Dialect::Postgres),
+        _ => None,
+    }
+}
+
+/// The URL of a SQLite file at `path`, created on first use.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Makes sure a SQLite file can be created: its directory exists and the URL asks for
+/// read-write-create. Returns the URL to connect with and whether it is in memory.
+fn prepare_sqlite_url(url: &str) -> Result<(String, bool), DatabaseError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let in_memory = path == ":memory:" || query.is_some_and(|q| q.contains("mode=memory"));
+    if in_memory {
+        return Ok((url.to_owned(), true));
+    }
+    if let Some(directory) = Path::new(path).parent()
+        && !directory.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(directory).map_err(|source| DatabaseError::CreateDirectory {
+            path: directory.to_path_buf(),
+            source,
+        })?;
+    }
+    let url = match query {
+        Some(query) if query.contains("mode=") => url.to_owned(),
+        Some(_) => format!("{url}&mode=rwc"),
+        None => format!("{url}?mode=rwc"),
+    };
+    Ok((url, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialects_are_recognised() {
+        assert_eq!(dialect_of("sqlite://data/x.db"), Some(Dialect::Sqlite));
+        assert_eq!(dialect_of("sqlite::memory:"), Some(Dialect::Sqlite));
+        assert_eq!(dialect_of("postgres://a@b/c"), Some(Dialect::Postgres));
+        assert_eq!(dialect_of("postgresql://a@b/c"), Some(Dialect::Postgres));
+        assert_eq!(dialect_of("mysql://a@b/c"), None);
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_is_created_in_wal_mode() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("nested/dir/test.db");
+        let database = Database::connect(&sqlite_url(&path), 2).await?;
+        let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(database.pool())
+            .await?;
+        assert_eq!(mode.0.to_ascii_lowercase(), "wal");
+        assert!(path.exists());
+        assert!((database.readiness_check())().await.is_ok());
+        database.close().await;
+        assert!((database.readiness_check())().await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unsupported_url_is_a_clear_error() {
+        let error = Database::connect("mysql://root:hunter2@localhost/x", 1)
+            .await
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("not supported"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}

@@ -1,0 +1,30 @@
+//! What every Flotilla component shares, so a service crate names `platform` and not twenty
+//! infrastructure crates.
+//!
+//! - [`config`]: typed settings from the environment and an optional file, with errors that name
+//!   the variable, the value and the expected form;
+//! - [`serve`]: runs one gRPC service with health, reflection, an admin listener and a graceful drain;
+//! - [`shutdown`]: signals, bound addresses and the handle of a running component;
+//! - [`admin`]: `/health` and `/ready`;
+//! - [`database`]: a service's own SQLite or PostgreSQL database, migrated at start;
+//! - [`pagination`]: AIP-158 page sizes and opaque page tokens;
+//! - [`time`]: instants in the database, on the wire and in JSON;
+//! - [`telemetry`]: logging (JSON or text).
+//!
+//! Nothing service-specific lives here.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod admin;
+pub mod config;
+pub mod database;
+pub mod pagination;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+pub use flotilla_proto as proto;
+pub use prost_types;
+pub use sqlx;
+pub use tonic;

@@ -1,0 +1,261 @@
+//! Runs one gRPC service the way every Flotilla service runs: with the standard `grpc.health.v1`
+//! service, server reflection (v1 and v1alpha, for grpcurl and Postman), an admin HTTP listener, and
+//! a graceful shutdown in a fixed order:
+//!
+//! 1. the before-drain hooks run (discovery deregisters here, so new traffic goes elsewhere);
+//! 2. health flips to NOT_SERVING and `/ready` to 503;
+//! 3. the gRPC listener closes and every HTTP/2 connection gets a GOAWAY, so clients stop starting
+//!    calls on it while in-flight calls finish;
+//! 4. after at most the drain timeout, whatever is still in flight is closed; the admin listener
+//!    stops last so `/ready` says "draining" for as long as the drain lasts.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::admin::{self, Readiness};
+use crate::config::{ConfigError, Settings};
+use crate::shutdown::{self, BoundAddrs, CancellationToken, ComponentError, Running};
+
+/// The drain timeout's variable and default (10 s).
+pub const DRAIN_TIMEOUT_VAR: &str = "FLOTILLA_DRAIN_TIMEOUT";
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how one service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// The gRPC listen address (`FLOTILLA_<SERVICE>_GRPC_ADDR`).
+    pub grpc_addr: SocketAddr,
+    /// The admin HTTP listen address (`FLOTILLA_<SERVICE>_ADMIN_ADDR`).
+    pub admin_addr: SocketAddr,
+    /// How long in-flight calls may take to finish at shutdown (`FLOTILLA_DRAIN_TIMEOUT`).
+    pub drain_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Reads `FLOTILLA_<SERVICE>_GRPC_ADDR`, `FLOTILLA_<SERVICE>_ADMIN_ADDR` and
+    /// `FLOTILLA_DRAIN_TIMEOUT`, with the given default addresses.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the bad variable.
+    pub fn from_settings(
+        settings: &Settings,
+        service: &str,
+        default_grpc: SocketAddr,
+        default_admin: SocketAddr,
+    ) -> Result<Self, ConfigError> {
+        let prefix = format!("FLOTILLA_{}", service.to_ascii_uppercase());
+        Ok(Self {
+            grpc_addr: settings.socket_addr(&format!("{prefix}_GRPC_ADDR"), default_grpc)?,
+            admin_addr: settings.socket_addr(&format!("{prefix}_ADMIN_ADDR"), default_admin)?,
+            drain_timeout: drain_timeout(settings)?,
+        })
+    }
+}
+
+/// Reads `FLOTILLA_DRAIN_TIMEOUT` (default 10 s), shared by every component.
+///
+/// # Errors
+/// A [`ConfigError`] when it is not a duration.
+pub fn drain_timeout(settings: &Settings) -> Result<Duration, ConfigError> {
+    settings.duration(DRAIN_TIMEOUT_VAR, DEFAULT_DRAIN_TIMEOUT)
+}
+
+/// Something to do before draining starts, such as deregistering from discovery.
+pub type BeforeDrain = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A gRPC server being assembled: services, readiness checks, shutdown hooks.
+pub struct GrpcServer {
+    name: &'static str,
+    config: ServeConfig,
+    routes: Routes,
+    service_names: Vec<&'static str>,
+    readiness: Readiness,
+    before_drain: Vec<BeforeDrain>,
+}
+
+impl std::fmt::Debug for GrpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcServer")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("service_names", &self.service_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcServer {
+    /// A server for the component `name` ("product"), listening as `config` says.
+    pub fn new(name: &'static str, config: ServeConfig) -> Self {
+        Self {
+            name,
+            config,
+            routes: Routes::default(),
+            service_names: Vec::new(),
+            readiness: Readiness::new(),
+            before_drain: Vec::new(),
+        }
+    }
+
+    /// Adds a tonic service; its health status is SERVING while the server runs.
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Error = Infallible,
+                Response = http::Response<tonic::body::Body>,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Adds a readiness check (such as "the database answers") to `/ready`.
+    #[must_use]
+    pub fn readiness_check(mut self, check: admin::ReadinessCheck) -> Self {
+        self.readiness = self.readiness.with_check(check);
+        self
+    }
+
+    /// Adds a hook that runs when shutdown begins, before health flips and before the drain.
+    #[must_use]
+    pub fn before_drain(mut self, hook: BeforeDrain) -> Self {
+        self.before_drain.push(hook);
+        self
+    }
+
+    /// Binds both listeners and starts serving; returns once the listeners are bound, so the
+    /// addresses (port 0 resolved) are known.
+    ///
+    /// # Errors
+    /// [`ComponentError::Bind`] when a listener cannot be bound; [`ComponentError::Serve`] when the
+    /// reflection descriptors cannot be loaded.
+    pub async fn spawn(self) -> Result<Running, ComponentError> {
+        let name = self.name;
+        let grpc_listener = shutdown::bind(&format!("{name} gRPC"), self.config.grpc_addr).await?;
+        let admin_listener =
+            shutdown::bind(&format!("{name} admin"), self.config.admin_addr).await?;
+        let addrs = BoundAddrs {
+            main: shutdown::local_addr(&grpc_listener, self.config.grpc_addr),
+            admin: shutdown::local_addr(&admin_listener, self.config.admin_addr),
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let serve_error = |reason: String| ComponentError::Serve {
+            component: name.to_owned(),
+            reason,
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|error| serve_error(format!("reflection descriptors: {error}")))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|error| serve_error(format!("reflection descriptors: {error}")))?;
+
+        let routes = self
+            .routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        set_health(
+            &health_reporter,
+            &self.service_names,
+            ServingStatus::Serving,
+        )
+        .await;
+
+        let stop = CancellationToken::new();
+        let grpc_stop = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let grpc = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                grpc_stop.clone().cancelled_owned(),
+            );
+        let admin = axum::serve(admin_listener, admin::router(self.readiness.clone()))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+        let grpc_task = tokio::spawn(grpc);
+        let admin_task = tokio::spawn(admin.into_future());
+        tracing::info!(component = name, grpc = %addrs.main, admin = %addrs.admin, "serving");
+
+        let lifecycle = {
+            let stop = stop.clone();
+            let readiness = self.readiness;
+            let service_names = self.service_names;
+            let drain_timeout = self.config.drain_timeout;
+            let before_drain = self.before_drain;
+            async move {
+                let mut grpc_task = grpc_task;
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    result = &mut grpc_task => {
+                        admin_stop.cancel();
+                        return Err(serve_error(describe_exit(result)));
+                    }
+                }
+                tracing::info!(component = name, "shutting down");
+                for hook in before_drain {
+                    hook().await;
+                }
+                readiness.start_draining();
+                set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
+                grpc_stop.cancel();
+                shutdown::drain_within(name, drain_timeout, &mut grpc_task).await;
+                grpc_task.abort();
+                admin_stop.cancel();
+                if let Ok(Err(error)) = admin_task.await {
+                    tracing::warn!(component = name, %error, "admin listener failed");
+                }
+                Ok(())
+            }
+        };
+        Ok(Running::spawn(name, addrs, stop, lifecycle))
+    }
+}
+
+/// Server reflection over every Flotilla contract and the health service.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    service_names: &[&str],
+    status: ServingStatus,
+) {
+    // "" is the whole server, what a client asks when it names no service.
+    reporter.set_service_status("", status).await;
+    for service in service_names {
+        reporter.set_service_status(*service, status).await;
+    }
+}
+
+fn describe_exit(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> String {
+    match result {
+        Ok(Ok(())) => "the gRPC listener stopped unexpectedly".to_owned(),
+        Ok(Err(error)) => format!("gRPC server: {error}"),
+        Err(error) => format!("gRPC server task: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! Shutdown signals and the handle of a running component.
+//!
+//! Each listener (a gRPC service, the gateway) runs as one task tied to a [`CancellationToken`]: no
+//! fire-and-forget task outlives its component. The binary decides the order in which components
+//! stop (the gateway before the services it calls, so none of its in-flight calls loses its upstream),
+//! and each component drains its own in-flight requests within its drain timeout.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+pub use tokio_util::sync::CancellationToken;
+
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C), the signals orchestrators and people send.
+///
+/// # Errors
+/// When the signal handlers cannot be installed (the process cannot be stopped cleanly then).
+pub async fn signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => Ok("SIGTERM"),
+            _ = interrupt.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok("Ctrl-C")
+    }
+}
+
+/// Why a component stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        /// What the listener is for ("product gRPC").
+        what: String,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("{component} failed while serving: {reason}")]
+    Serve {
+        /// The component's name.
+        component: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// The addresses a component actually listens on (port 0 resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BoundAddrs {
+    /// The main listener: gRPC for a service, HTTP for the gateway.
+    pub main: SocketAddr,
+    /// The admin listener: `/health`, `/ready`.
+    pub admin: SocketAddr,
+}
+
+/// A running component: its bound addresses, and the means to stop it and wait for its drain.
+#[derive(Debug)]
+pub struct Running {
+    name: &'static str,
+    addrs: BoundAddrs,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ComponentError>>,
+}
+
+impl Running {
+    /// Spawns `run`, which must return once `stop` is cancelled and its requests have drained.
+    pub fn spawn<F>(name: &'static str, addrs: BoundAddrs, stop: CancellationToken, run: F) -> Self
+    where
+        F: Future<Output = Result<(), ComponentError>> + Send + 'static,
+    {
+        Self {
+            name,
+            addrs,
+            stop,
+            task: tokio::spawn(run),
+        }
+    }
+
+    /// The component's name ("product", "gateway").
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Where it listens.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// A token that stops this component when cancelled, for whoever orchestrates shutdown.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Completes when the component stops by itself (it failed), without asking it to stop.
+    ///
+    /// # Errors
+    /// The component's failure.
+    pub async fn stopped(&mut self) -> Result<(), ComponentError> {
+        join(self.name, &mut self.task).await
+    }
+
+    /// Asks the component to stop and waits for it to drain.
+    ///
+    /// # Errors
+    /// The component's failure, if it failed while draining.
+    pub async fn shutdown(mut self) -> Result<(), ComponentError> {
+        self.stop.cancel();
+        join(self.name, &mut self.task).await
+    }
+}
+
+async fn join(
+    name: &str,
+    task: &mut JoinHandle<Result<(), ComponentError>>,
+) -> Result<(), ComponentError> {
+    match task.await {
+        Ok(result) => result,
+        Err(error) => Err(ComponentError::Serve {
+            component: name.to_owned(),
+            reason: format!("task ended abnormally: {error}"),
+        }),
+    }
+}
+
+/// Waits for `drained` at most `timeout`; says how many seconds it took or that it gave up.
+pub async fn drain_within<F: Future>(component: &str, timeout: Duration, drained: F) {
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, drained).await {
+        Ok(_) => tracing::info!(
+            component,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "drained"
+        ),
+        Err(_) => tracing::warn!(
+            component,
+            timeout_s = timeout.as_secs_f64(),
+            "drain timeout passed with requests still in flight; closing them"
+        ),
+    }
+}
+
+/// Binds a TCP listener, naming what it is for in the error.
+///
+/// # Errors
+/// [`ComponentError::Bind`] when the address is taken or not local.
+pub async fn bind(what: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, ComponentError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ComponentError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        })
+}
+
+/// The bound address of a listener, falling back to the requested one if the OS cannot say.
+pub fn local_addr(listener: &tokio::net::TcpListener, requested: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(requested)
+}

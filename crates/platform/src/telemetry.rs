@@ -1,0 +1,88 @@
+//! Logging: `tracing` with JSON lines by default (what log pipelines parse) or human-readable text
+//! (`FLOTILLA_LOG_FORMAT=text`), filtered by `RUST_LOG` (default `info`). OpenTelemetry export and
+//! metrics arrive with the observability issue and plug in here.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{ConfigError, Settings};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line.
+    Json,
+    /// Human-readable text for a terminal.
+    Text,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `FLOTILLA_LOG_FORMAT`: `json` (default) or `text`.
+    pub format: LogFormat,
+    /// `RUST_LOG`: the filter directive (default `info`).
+    pub filter: String,
+}
+
+impl LogConfig {
+    /// Reads `FLOTILLA_LOG_FORMAT` and `RUST_LOG`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for a format other than `json` or `text`, or a filter that does not parse.
+    pub fn from_settings(
+        settings: &Settings,
+        default_format: LogFormat,
+    ) -> Result<Self, ConfigError> {
+        let default_name = match default_format {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        };
+        let format_name = settings.string("FLOTILLA_LOG_FORMAT", default_name)?;
+        let format = match format_name.to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "FLOTILLA_LOG_FORMAT".into(),
+                    value: format_name,
+                    origin: crate::config::Origin::Environment,
+                    expected: "json or text".into(),
+                });
+            }
+        };
+        let filter = settings.string("RUST_LOG", "info")?;
+        if let Err(error) = EnvFilter::try_new(&filter) {
+            return Err(ConfigError::Invalid {
+                name: "RUST_LOG".into(),
+                value: filter,
+                origin: crate::config::Origin::Environment,
+                expected: format!("a tracing filter such as info or flotilla=debug,info ({error})"),
+            });
+        }
+        Ok(Self { format, filter })
+    }
+}
+
+/// Installs the global subscriber. Call once, first thing in `main`; a second call is ignored.
+pub fn init_logging(config: &LogConfig) {
+    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match config.format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    // A subscriber already installed (a test harness) is fine.
+    drop(result);
+}

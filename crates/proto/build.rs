@@ -1,0 +1,32 @@
+//! Compiles `proto/flotilla/**.proto` with protox, a pure-Rust protobuf compiler, so a fresh machine
+//! needs nothing but cargo (no system `protoc`). The same descriptor set is written to `OUT_DIR` for
+//! server reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "flotilla/user/v1/user.proto",
+    "flotilla/auth/v1/auth.proto",
+    "flotilla/product/v1/product.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest_dir.join("../../proto");
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+
+    let descriptors = protox::compile(PROTOS, [&proto_root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("flotilla_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
