@@ -131,19 +131,12 @@ impl Database {
         })
     }
 
-    /// Applies the migrations for this database's dialect.
+    /// Applies a service's migrations. They are written in the SQL that SQLite and PostgreSQL share;
+    /// a service that ever needs dialect-specific DDL keeps one migrator per [`Dialect`].
     ///
     /// # Errors
-    /// [`DatabaseError::Migrate`] when a migration fails or the applied ones were changed.
-    pub async fn migrate(
-        &self,
-        sqlite: &Migrator,
-        postgres: &Migrator,
-    ) -> Result<(), DatabaseError> {
-        let migrator = match self.dialect {
-            Dialect::Sqlite => sqlite,
-            Dialect::Postgres => postgres,
-        };
+    /// [`DatabaseError::Migrate`] when a migration fails or an applied one was changed.
+    pub async fn migrate(&self, migrator: &Migrator) -> Result<(), DatabaseError> {
         migrator
             .run(&self.pool)
             .await

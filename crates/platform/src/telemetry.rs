@@ -39,25 +39,19 @@ impl LogConfig {
             LogFormat::Json => "json",
             LogFormat::Text => "text",
         };
-        let format_name = settings.string("FLOTILLA_LOG_FORMAT", default_name)?;
-        let format = match format_name.to_ascii_lowercase().as_str() {
-            "json" => LogFormat::Json,
+        let format = match settings
+            .choice("FLOTILLA_LOG_FORMAT", default_name, &["json", "text"])?
+            .as_str()
+        {
             "text" => LogFormat::Text,
-            _ => {
-                return Err(ConfigError::Invalid {
-                    name: "FLOTILLA_LOG_FORMAT".into(),
-                    value: format_name,
-                    origin: crate::config::Origin::Environment,
-                    expected: "json or text".into(),
-                });
-            }
+            _ => LogFormat::Json,
         };
         let filter = settings.string("RUST_LOG", "info")?;
         if let Err(error) = EnvFilter::try_new(&filter) {
             return Err(ConfigError::Invalid {
                 name: "RUST_LOG".into(),
                 value: filter,
-                origin: crate::config::Origin::Environment,
+                origin: settings.origin("RUST_LOG"),
                 expected: format!("a tracing filter such as info or flotilla=debug,info ({error})"),
             });
         }

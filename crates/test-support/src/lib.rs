@@ -1,1 +1,27 @@
-//! placeholder
+//! Fixtures shared by Flotilla's integration tests: real parts started on port 0 or created fresh
+//! per test run, so tests never collide with each other or with what else runs on the machine.
+//!
+//! - [`postgres`]: a fresh PostgreSQL database per test, dropped afterwards;
+//! - [`process`]: the real `flotilla` binary started in a temporary data directory.
+//!
+//! A part that is missing (no PostgreSQL listening) makes the test skip with a loud message, unless
+//! `FLOTILLA_REQUIRE_EXTERNAL=1` (set by `.ci/run`), where it is a failure.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test fixtures: a failed setup should stop the test loudly
+
+pub mod postgres;
+pub mod process;
+
+/// Whether missing external parts must fail the test instead of skipping it.
+pub fn external_parts_required() -> bool {
+    std::env::var("FLOTILLA_REQUIRE_EXTERNAL").is_ok_and(|value| value == "1")
+}
+
+/// Reports a missing external part: a panic when parts are required, a loud skip message otherwise.
+pub fn missing_part(part: &str, reason: &str) {
+    let message = format!("{part} is not available ({reason})");
+    if external_parts_required() {
+        panic!("{message}, and FLOTILLA_REQUIRE_EXTERNAL=1 requires it");
+    }
+    eprintln!("\n!!! SKIPPED: {message}; set FLOTILLA_REQUIRE_EXTERNAL=1 to make this a failure\n");
+}

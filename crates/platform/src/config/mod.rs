@@ -160,6 +160,14 @@ impl Settings {
             .map(|value| (value.as_str(), Origin::Default))
     }
 
+    /// Where `name`'s value comes from, for errors found after parsing (such as a filter that the
+    /// logging library refuses).
+    pub fn origin(&self, name: &str) -> Origin {
+        self.raw(name)
+            .map(|(_, origin)| origin)
+            .unwrap_or(Origin::Default)
+    }
+
     fn record(&self, name: &str, value: &str, origin: Origin) {
         let shown = redact(name, value);
         if let Ok(mut lookups) = self.lookups.lock() {
@@ -277,6 +285,33 @@ impl Settings {
         })
     }
 
+    /// A whole number of at least 1, such as a connection count.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for zero, a negative number or anything but digits.
+    pub fn count(&self, name: &str, default: u32) -> Result<u32, ConfigError> {
+        self.parse_or(name, default, "a whole number of at least 1", |value| {
+            value.parse::<u32>().ok().filter(|count| *count > 0)
+        })
+    }
+
+    /// One of a fixed set of words, compared without regard to case; returned in lower case.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing the accepted words.
+    pub fn choice(
+        &self,
+        name: &str,
+        default: &str,
+        choices: &[&str],
+    ) -> Result<String, ConfigError> {
+        let expected = format!("one of {}", choices.join(", "));
+        self.parse_or(name, default.to_owned(), &expected, |value| {
+            let value = value.to_ascii_lowercase();
+            choices.contains(&value.as_str()).then_some(value)
+        })
+    }
+
     /// A free-form string.
     ///
     /// # Errors
@@ -359,6 +394,12 @@ impl Shown<String> for Duration {
 
 impl Shown<SocketAddr> for SocketAddr {
     fn shown(&self) -> SocketAddr {
+        *self
+    }
+}
+
+impl Shown<u32> for u32 {
+    fn shown(&self) -> u32 {
         *self
     }
 }

@@ -1,0 +1,133 @@
+//! The real `flotilla` binary, started as a user would start it, on port 0 listeners in a data
+//! directory of the test's choosing, found through the `endpoints.json` it writes once ready.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+/// How long a start may take before the test gives up: a debug build on a busy 2-core machine
+/// migrates and seeds SQLite in well under this.
+const START_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `flotilla up`.
+#[derive(Debug)]
+pub struct Flotilla {
+    child: tokio::process::Child,
+    data_dir: PathBuf,
+    endpoints: serde_json::Value,
+}
+
+impl Flotilla {
+    /// Starts `binary up --listen-ephemeral --data-dir data_dir` with `env` added to the environment,
+    /// and waits until it has written `endpoints.json`.
+    pub async fn up(binary: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let endpoints_path = data_dir.join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints_path);
+        std::fs::create_dir_all(data_dir).expect("create the data directory");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("flotilla.log"))
+            .expect("open the log file");
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .args(["up", "--listen-ephemeral", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("clone the log handle")))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("start flotilla");
+
+        let deadline = tokio::time::Instant::now() + START_PATIENCE;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&endpoints_path)
+                && let Ok(endpoints) = serde_json::from_str(&text)
+            {
+                return Self {
+                    child,
+                    data_dir: data_dir.to_path_buf(),
+                    endpoints,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "flotilla up exited with {status} before it was ready; log:\n{}",
+                    read_log(data_dir)
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "flotilla up was not ready within {START_PATIENCE:?}; log:\n{}",
+                    read_log(data_dir)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The whole `endpoints.json` document.
+    pub fn endpoints(&self) -> &serde_json::Value {
+        &self.endpoints
+    }
+
+    /// The address of `component`'s `listener` ("grpc", "http" or "admin").
+    pub fn addr(&self, component: &str, listener: &str) -> SocketAddr {
+        self.endpoints[component][listener]
+            .as_str()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "endpoints.json has no {component}.{listener}: {}",
+                    self.endpoints
+                )
+            })
+    }
+
+    /// Sends SIGTERM, as an orchestrator would.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("flotilla is still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit, at most `patience`.
+    pub async fn wait(mut self, patience: Duration) -> ExitStatus {
+        match tokio::time::timeout(patience, self.child.wait()).await {
+            Ok(status) => status.expect("wait for flotilla"),
+            Err(_) => panic!(
+                "flotilla did not exit within {patience:?}; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// Stops it with SIGTERM and checks it exits 0.
+    pub async fn stop(self) {
+        self.terminate();
+        let log_dir = self.data_dir.clone();
+        let status = self.wait(Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "flotilla exited with {status}; log:\n{}",
+            read_log(&log_dir)
+        );
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        read_log(&self.data_dir)
+    }
+}
+
+fn read_log(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("flotilla.log")).unwrap_or_default()
+}
