@@ -22,7 +22,7 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{self, Readiness};
 use crate::config::{ConfigError, Settings};
-use crate::shutdown::{self, BoundAddrs, CancellationToken, ComponentError, Running};
+use crate::shutdown::{self, BoundAddrs, CancellationToken, ComponentError, Running, Supervisor};
 
 /// The drain timeout's variable and default (10 s).
 pub const DRAIN_TIMEOUT_VAR: &str = "FLOTILLA_DRAIN_TIMEOUT";
@@ -189,41 +189,27 @@ impl GrpcServer {
             );
         let admin = axum::serve(admin_listener, admin::router(self.readiness.clone()))
             .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
-        let grpc_task = tokio::spawn(grpc);
-        let admin_task = tokio::spawn(admin.into_future());
+        let supervisor = Supervisor {
+            name,
+            stop: stop.clone(),
+            drain_timeout: self.config.drain_timeout,
+            main: tokio::spawn(grpc),
+            main_stop: grpc_stop,
+            admin: tokio::spawn(admin.into_future()),
+            admin_stop,
+        };
         tracing::info!(component = name, grpc = %addrs.main, admin = %addrs.admin, "serving");
 
-        let lifecycle = {
-            let stop = stop.clone();
-            let readiness = self.readiness;
-            let service_names = self.service_names;
-            let drain_timeout = self.config.drain_timeout;
-            let before_drain = self.before_drain;
-            async move {
-                let mut grpc_task = grpc_task;
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    result = &mut grpc_task => {
-                        admin_stop.cancel();
-                        return Err(serve_error(describe_exit(result)));
-                    }
-                }
-                tracing::info!(component = name, "shutting down");
-                for hook in before_drain {
-                    hook().await;
-                }
-                readiness.start_draining();
-                set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
-                grpc_stop.cancel();
-                shutdown::drain_within(name, drain_timeout, &mut grpc_task).await;
-                grpc_task.abort();
-                admin_stop.cancel();
-                if let Ok(Err(error)) = admin_task.await {
-                    tracing::warn!(component = name, %error, "admin listener failed");
-                }
-                Ok(())
+        let readiness = self.readiness;
+        let service_names = self.service_names;
+        let before_drain = self.before_drain;
+        let lifecycle = supervisor.run(async move {
+            for hook in before_drain {
+                hook().await;
             }
-        };
+            readiness.start_draining();
+            set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
+        });
         Ok(Running::spawn(name, addrs, stop, lifecycle))
     }
 }
@@ -244,16 +230,6 @@ async fn set_health(
     reporter.set_service_status("", status).await;
     for service in service_names {
         reporter.set_service_status(*service, status).await;
-    }
-}
-
-fn describe_exit(
-    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> String {
-    match result {
-        Ok(Ok(())) => "the gRPC listener stopped unexpectedly".to_owned(),
-        Ok(Err(error)) => format!("gRPC server: {error}"),
-        Err(error) => format!("gRPC server task: {error}"),
     }
 }
 

@@ -135,7 +135,70 @@ async fn join(
     }
 }
 
-/// Waits for `drained` at most `timeout`; says how many seconds it took or that it gave up.
+/// The two listeners of a running component and what it takes to stop them in order: the lifecycle
+/// that the gRPC services and the gateway share.
+#[derive(Debug)]
+pub struct Supervisor<E> {
+    /// The component's name, for logs and errors.
+    pub name: &'static str,
+    /// Cancelled by whoever orchestrates shutdown.
+    pub stop: CancellationToken,
+    /// How long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+    /// The main listener's task; it returns once `main_stop` is cancelled and its requests drained.
+    pub main: JoinHandle<Result<(), E>>,
+    /// Stops the main listener accepting and starts its drain.
+    pub main_stop: CancellationToken,
+    /// The admin listener's task.
+    pub admin: JoinHandle<std::io::Result<()>>,
+    /// Stops the admin listener.
+    pub admin_stop: CancellationToken,
+}
+
+impl<E: std::fmt::Display> Supervisor<E> {
+    /// Waits for `stop`, runs `before_close` (deregistration, readiness and health flips), closes the
+    /// main listener and drains it within the timeout, then stops the admin listener last so
+    /// `/ready` says "draining" for as long as the drain lasts. Returns early with an error if the
+    /// main listener fails on its own.
+    ///
+    /// # Errors
+    /// [`ComponentError::Serve`] when the main listener stopped without being asked.
+    pub async fn run<F: Future<Output = ()>>(self, before_close: F) -> Result<(), ComponentError> {
+        let Self {
+            name,
+            stop,
+            drain_timeout,
+            mut main,
+            main_stop,
+            admin,
+            admin_stop,
+        } = self;
+        tokio::select! {
+            () = stop.cancelled() => {}
+            result = &mut main => {
+                admin_stop.cancel();
+                let reason = match result {
+                    Ok(Ok(())) => "the listener stopped unexpectedly".to_owned(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => format!("task ended abnormally: {error}"),
+                };
+                return Err(ComponentError::Serve { component: name.to_owned(), reason });
+            }
+        }
+        tracing::info!(component = name, "shutting down");
+        before_close.await;
+        main_stop.cancel();
+        drain_within(name, drain_timeout, &mut main).await;
+        main.abort();
+        admin_stop.cancel();
+        if let Ok(Err(error)) = admin.await {
+            tracing::warn!(component = name, %error, "admin listener failed");
+        }
+        Ok(())
+    }
+}
+
+/// Waits for `drained` at most `timeout`; says how long it took or that it gave up.
 pub async fn drain_within<F: Future>(component: &str, timeout: Duration, drained: F) {
     let started = tokio::time::Instant::now();
     match tokio::time::timeout(timeout, drained).await {

@@ -1,0 +1,54 @@
+//! The gateway's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::config::{ConfigError, Settings};
+
+/// Where the gateway listens and how it reaches the services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Public HTTP listener (`FLOTILLA_GATEWAY_HTTP_ADDR`).
+    pub http_addr: SocketAddr,
+    /// Admin listener with `/health` and `/ready` (`FLOTILLA_GATEWAY_ADMIN_ADDR`).
+    pub admin_addr: SocketAddr,
+    /// The product service's gRPC endpoint (`FLOTILLA_GATEWAY_PRODUCT_ENDPOINT`), until discovery
+    /// finds it by name.
+    pub product_endpoint: String,
+    /// Deadline of each request, sent on to the services as `grpc-timeout`
+    /// (`FLOTILLA_GATEWAY_TIMEOUT`, default 3 s).
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes (1 MiB).
+    pub body_limit: usize,
+    /// How long in-flight requests may take to finish at shutdown (`FLOTILLA_DRAIN_TIMEOUT`).
+    pub drain_timeout: Duration,
+}
+
+/// Largest request body: the API takes small JSON documents.
+pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+
+impl GatewayConfig {
+    /// Reads the gateway's variables with the given default addresses.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the bad variable.
+    pub fn from_settings(
+        settings: &Settings,
+        default_http: SocketAddr,
+        default_admin: SocketAddr,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            http_addr: settings.socket_addr("FLOTILLA_GATEWAY_HTTP_ADDR", default_http)?,
+            admin_addr: settings.socket_addr("FLOTILLA_GATEWAY_ADMIN_ADDR", default_admin)?,
+            product_endpoint: settings.url(
+                "FLOTILLA_GATEWAY_PRODUCT_ENDPOINT",
+                "http://127.0.0.1:50053",
+                &["http", "https"],
+            )?,
+            request_timeout: settings
+                .duration("FLOTILLA_GATEWAY_TIMEOUT", Duration::from_secs(3))?,
+            body_limit: BODY_LIMIT_BYTES,
+            drain_timeout: platform::serve::drain_timeout(settings)?,
+        })
+    }
+}

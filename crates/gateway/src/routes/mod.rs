@@ -1,0 +1,3 @@
+//! The gateway's routes, one module per upstream service.
+
+pub mod products;
