@@ -1,1 +1,121 @@
-fn main() {}
+//! `flotilla`: the whole system in one process (`up`), one component (`serve`), or the effective
+//! settings (`config`).
+//!
+//! The lifecycle is explicit: parse settings (exit 64 on a bad one), build and bind, log the
+//! addresses, wait for SIGTERM or SIGINT, then stop components front to back, each draining its
+//! in-flight requests within the drain timeout, and exit 0.
+
+mod settings;
+mod system;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use platform::config::Settings;
+use settings::{Component, Mode};
+
+/// `EX_USAGE` from sysexits.h: a bad setting or argument.
+const EXIT_BAD_SETTING: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "gRPC microservices: user, auth and product services behind an HTTP/JSON gateway"
+)]
+struct Cli {
+    /// A TOML file of settings (flat NAME = value pairs, the same names as the environment
+    /// variables); the environment wins over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where SQLite databases and endpoints.json live.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_DATA_DIR",
+        default_value = "data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system in one process: every service and the gateway, on loopback, with
+    /// SQLite under the data directory and a demo catalogue.
+    Up {
+        /// Bind every listener to 127.0.0.1 port 0 (the bound addresses go to endpoints.json).
+        #[arg(long)]
+        listen_ephemeral: bool,
+    },
+    /// Run one component, as a container or a process of its own would.
+    Serve {
+        /// Which component.
+        component: Component,
+    },
+    /// Print the effective settings of `up` (or of one component), secrets redacted.
+    Config {
+        /// Show the settings of this component as `serve` would use them, instead of `up`'s.
+        #[arg(long)]
+        component: Option<Component>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let raw = match Settings::from_environment(cli.config.as_deref()) {
+        Ok(raw) => raw,
+        Err(error) => return bad_setting(&error),
+    };
+    let mode = match &cli.command {
+        Command::Up { listen_ephemeral } => Mode::Up {
+            listen_ephemeral: *listen_ephemeral,
+        },
+        Command::Serve { component }
+        | Command::Config {
+            component: Some(component),
+        } => Mode::Serve(*component),
+        Command::Config { component: None } => Mode::Up {
+            listen_ephemeral: false,
+        },
+    };
+    let config = match settings::SystemConfig::parse(raw, &cli.data_dir, mode) {
+        Ok(config) => config,
+        Err(error) => return bad_setting(&error),
+    };
+    if let Command::Config { .. } = cli.command {
+        print!("{}", config.describe());
+        return ExitCode::SUCCESS;
+    }
+
+    platform::telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flotilla: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(system::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "flotilla stopped with an error"
+            );
+            eprintln!("flotilla: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bad_setting(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("flotilla: bad setting: {error}");
+    ExitCode::from(EXIT_BAD_SETTING)
+}

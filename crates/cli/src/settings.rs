@@ -1,0 +1,254 @@
+//! The settings of a whole run: which components, where they listen, where their data lives.
+//!
+//! `up` and `serve` read the same variables; `up` only changes the defaults (loopback addresses,
+//! one SQLite file per service under the data directory, the demo catalogue) and reads each
+//! service's database from `FLOTILLA_<SERVICE>_DATABASE_URL`, since `DATABASE_URL` can name only
+//! one database and every service owns its own.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gateway::GatewayConfig;
+use platform::config::{ConfigError, Settings};
+use platform::serve::ServeConfig;
+use platform::telemetry::{LogConfig, LogFormat};
+use product::ProductConfig;
+
+/// The components that can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    /// The product service (gRPC).
+    Product,
+    /// The HTTP/JSON gateway.
+    Gateway,
+}
+
+/// How the binary runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything in one process.
+    Up {
+        /// Every listener on 127.0.0.1 port 0.
+        listen_ephemeral: bool,
+    },
+    /// One component.
+    Serve(Component),
+}
+
+/// Ports shared by both modes; `up` binds them on loopback, `serve` on every interface.
+const PRODUCT_GRPC_PORT: u16 = 50053;
+const PRODUCT_ADMIN_PORT: u16 = 9083;
+const GATEWAY_HTTP_PORT: u16 = 8080;
+const GATEWAY_ADMIN_PORT: u16 = 9080;
+
+/// Everything one run needs, parsed and checked before anything starts.
+#[derive(Debug)]
+pub struct SystemConfig {
+    /// How the binary runs.
+    pub mode: Mode,
+    /// Where SQLite files and endpoints.json live.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// The product service, when this run has it.
+    pub product: Option<(ServeConfig, ProductConfig)>,
+    /// The gateway, when this run has it.
+    pub gateway: Option<GatewayConfig>,
+    settings: Settings,
+}
+
+impl SystemConfig {
+    /// Parses every setting the run uses, and refuses unknown names in the settings file.
+    ///
+    /// # Errors
+    /// The first bad setting.
+    pub fn parse(settings: Settings, data_dir: &Path, mode: Mode) -> Result<Self, ConfigError> {
+        let (host, ephemeral): ([u8; 4], bool) = match mode {
+            Mode::Up { listen_ephemeral } => ([127, 0, 0, 1], listen_ephemeral),
+            Mode::Serve(_) => ([0, 0, 0, 0], false),
+        };
+        let at = |port: u16| -> SocketAddr {
+            if ephemeral {
+                ([127, 0, 0, 1], 0).into()
+            } else {
+                (host, port).into()
+            }
+        };
+        let product_db_default = platform::database::sqlite_url(&data_dir.join("product.db"));
+        let settings = match mode {
+            Mode::Up { .. } => settings.with_default(
+                "FLOTILLA_GATEWAY_PRODUCT_ENDPOINT",
+                format!("http://{}", at(PRODUCT_GRPC_PORT)),
+            ),
+            Mode::Serve(_) => settings,
+        };
+        let default_log = match mode {
+            Mode::Up { .. } if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+                LogFormat::Text
+            }
+            _ => LogFormat::Json,
+        };
+        let log = LogConfig::from_settings(&settings, default_log)?;
+
+        let runs = |component: Component| match mode {
+            Mode::Up { .. } => true,
+            Mode::Serve(only) => only == component,
+        };
+        let product = if runs(Component::Product) {
+            let mut serve = ServeConfig::from_settings(
+                &settings,
+                "product",
+                at(PRODUCT_GRPC_PORT),
+                at(PRODUCT_ADMIN_PORT),
+            )?;
+            let (database_variable, seed_demo) = match mode {
+                Mode::Up { .. } => ("FLOTILLA_PRODUCT_DATABASE_URL", true),
+                Mode::Serve(_) => ("DATABASE_URL", false),
+            };
+            let product = ProductConfig::from_settings(
+                &settings,
+                database_variable,
+                &product_db_default,
+                seed_demo,
+            )?;
+            if ephemeral {
+                serve.grpc_addr = at(0);
+                serve.admin_addr = at(0);
+            }
+            Some((serve, product))
+        } else {
+            None
+        };
+        let gateway = if runs(Component::Gateway) {
+            let mut gateway = GatewayConfig::from_settings(
+                &settings,
+                at(GATEWAY_HTTP_PORT),
+                at(GATEWAY_ADMIN_PORT),
+            )?;
+            if ephemeral {
+                gateway.http_addr = at(0);
+                gateway.admin_addr = at(0);
+            }
+            Some(gateway)
+        } else {
+            None
+        };
+        settings.reject_unknown_file_keys()?;
+        Ok(Self {
+            mode,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            product,
+            gateway,
+            settings,
+        })
+    }
+
+    /// The effective settings, one `NAME=value  # origin` line each, secrets redacted.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "# flotilla settings ({:?}), data directory {}\n",
+            self.mode,
+            self.data_dir.display()
+        );
+        for setting in self.settings.effective() {
+            let _ = writeln!(
+                text,
+                "{}={}  # {}",
+                setting.name, setting.value, setting.origin
+            );
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_defaults_to_loopback_and_sqlite_under_the_data_dir() -> Result<(), ConfigError> {
+        let config = SystemConfig::parse(
+            Settings::from_pairs::<_, &str, &str>([]),
+            Path::new("/srv/f"),
+            Mode::Up {
+                listen_ephemeral: false,
+            },
+        )?;
+        let (serve, product) = config.product.ok_or_else(|| ConfigError::Missing {
+            name: "product".into(),
+            expected: "".into(),
+        })?;
+        assert_eq!(
+            serve.grpc_addr,
+            "127.0.0.1:50053"
+                .parse()
+                .map_err(|_| ConfigError::Missing {
+                    name: "addr".into(),
+                    expected: "".into()
+                })?
+        );
+        assert_eq!(product.database_url, "sqlite:///srv/f/product.db");
+        assert!(product.seed_demo);
+        assert_eq!(
+            config.gateway.map(|g| g.product_endpoint),
+            Some("http://127.0.0.1:50053".to_owned())
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn serve_reads_database_url_and_binds_every_interface() -> Result<(), ConfigError> {
+        let settings = Settings::from_pairs([("DATABASE_URL", "postgres://app:pw@db/product")]);
+        let config =
+            SystemConfig::parse(settings, Path::new("data"), Mode::Serve(Component::Product))?;
+        assert!(config.gateway.is_none());
+        let (serve, product) = config.product.ok_or_else(|| ConfigError::Missing {
+            name: "product".into(),
+            expected: "".into(),
+        })?;
+        assert_eq!(serve.grpc_addr.ip().to_string(), "0.0.0.0");
+        assert_eq!(product.database_url, "postgres://app:pw@db/product");
+        assert!(!product.seed_demo);
+        Ok(())
+    }
+
+    #[test]
+    fn ephemeral_overrides_every_listener() -> Result<(), ConfigError> {
+        let settings = Settings::from_pairs([("FLOTILLA_GATEWAY_HTTP_ADDR", "0.0.0.0:80")]);
+        let config = SystemConfig::parse(
+            settings,
+            Path::new("data"),
+            Mode::Up {
+                listen_ephemeral: true,
+            },
+        )?;
+        let gateway = config.gateway.ok_or_else(|| ConfigError::Missing {
+            name: "gateway".into(),
+            expected: "".into(),
+        })?;
+        assert_eq!(gateway.http_addr.to_string(), "127.0.0.1:0");
+        assert_eq!(gateway.admin_addr.to_string(), "127.0.0.1:0");
+        Ok(())
+    }
+
+    #[test]
+    fn describe_redacts_database_passwords() -> Result<(), ConfigError> {
+        let settings =
+            Settings::from_pairs([("DATABASE_URL", "postgres://app:hunter2@db/product")]);
+        let config =
+            SystemConfig::parse(settings, Path::new("data"), Mode::Serve(Component::Product))?;
+        let text = config.describe();
+        assert!(
+            text.contains("DATABASE_URL=postgres://app:***@db/product  # environment"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"));
+        assert!(
+            text.contains("FLOTILLA_DRAIN_TIMEOUT=10s  # default"),
+            "{text}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! Starts the components of a run, writes where they listen, waits for a stop signal, and stops
+//! them front to back: the gateway first, so none of its in-flight calls loses the service it is
+//! waiting on, then the services, then their databases.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use futures::future::select_all;
+use platform::database::Database;
+use platform::serve::GrpcServer;
+use platform::shutdown::Running;
+use serde_json::json;
+
+use crate::settings::{Mode, SystemConfig};
+
+/// Runs until SIGTERM or SIGINT (then drains and returns `Ok`), or until a component fails.
+///
+/// # Errors
+/// A component that could not start, or that failed while running.
+pub async fn run(config: SystemConfig) -> anyhow::Result<()> {
+    let endpoints_path = config.data_dir.join("endpoints.json");
+    if matches!(config.mode, Mode::Up { .. }) {
+        // A file left by a run that was killed would point scripts at dead ports.
+        let _ = std::fs::remove_file(&endpoints_path);
+    }
+    let mut running: Vec<Running> = Vec::new();
+    let mut databases: Vec<Database> = Vec::new();
+    let started = start(&config, &mut running, &mut databases).await;
+    if let Err(error) = started {
+        stop(running, databases).await;
+        return Err(error);
+    }
+    if matches!(config.mode, Mode::Up { .. }) {
+        write_endpoints(&endpoints_path, &running)?;
+        print_banner(&running, &endpoints_path);
+    }
+
+    let failure = tokio::select! {
+        signal = platform::shutdown::signal() => {
+            match signal {
+                Ok(name) => tracing::info!(signal = name, "stop requested"),
+                Err(error) => tracing::warn!(%error, "cannot listen for signals; stopping"),
+            }
+            None
+        }
+        (result, index, _) = select_all(running.iter_mut().map(|component| Box::pin(component.stopped()))) => {
+            Some(result.err().map_or_else(
+                || anyhow::anyhow!("component #{index} stopped unexpectedly"),
+                anyhow::Error::from,
+            ))
+        }
+    };
+    stop(running, databases).await;
+    if matches!(config.mode, Mode::Up { .. }) {
+        let _ = std::fs::remove_file(&endpoints_path);
+    }
+    match failure {
+        None => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        Some(error) => Err(error),
+    }
+}
+
+/// Starts the services, then the gateway in front of them, in `running` in start order.
+async fn start(
+    config: &SystemConfig,
+    running: &mut Vec<Running>,
+    databases: &mut Vec<Database>,
+) -> anyhow::Result<()> {
+    let mut product_addr = None;
+    if let Some((serve, product_config)) = &config.product {
+        let built = product::build(product_config)
+            .await
+            .context("starting the product service")?;
+        databases.push(built.database.clone());
+        let server = GrpcServer::new("product", serve.clone())
+            .add_service(built.service)
+            .readiness_check(built.database.readiness_check())
+            .spawn()
+            .await?;
+        product_addr = Some(server.addrs().main);
+        running.push(server);
+    }
+    if let Some(gateway_config) = &config.gateway {
+        let mut gateway_config = gateway_config.clone();
+        if let (Mode::Up { .. }, Some(addr)) = (config.mode, product_addr) {
+            // In one process the gateway calls the product service where it actually bound.
+            gateway_config.product_endpoint = format!("http://{addr}");
+        }
+        running.push(gateway::spawn(gateway_config).await?);
+    }
+    Ok(())
+}
+
+/// Stops components in reverse start order, then closes the databases.
+async fn stop(running: Vec<Running>, databases: Vec<Database>) {
+    for component in running.into_iter().rev() {
+        let name = component.name();
+        if let Err(error) = component.shutdown().await {
+            tracing::error!(component = name, %error, "failed while stopping");
+        }
+    }
+    for database in databases {
+        database.close().await;
+    }
+}
+
+/// Writes `endpoints.json` atomically (a rename), so a reader never sees half a file.
+fn write_endpoints(path: &Path, running: &[Running]) -> anyhow::Result<()> {
+    let mut document = serde_json::Map::new();
+    for component in running {
+        let addrs = component.addrs();
+        let main = if component.name() == "gateway" {
+            "http"
+        } else {
+            "grpc"
+        };
+        document.insert(
+            component.name().to_owned(),
+            json!({ main: addrs.main.to_string(), "admin": addrs.admin.to_string() }),
+        );
+    }
+    let text = serde_json::to_string_pretty(&document)?;
+    if let Some(directory) = path.parent() {
+        std::fs::create_dir_all(directory)
+            .with_context(|| format!("creating {}", directory.display()))?;
+    }
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn print_banner(running: &[Running], endpoints_path: &Path) {
+    let mut lines = vec!["Flotilla is up.".to_owned()];
+    for component in running {
+        let addrs = component.addrs();
+        if component.name() == "gateway" {
+            lines.push(format!(
+                "  gateway  http://{}   try: curl http://{}/v1/products?page_size=3",
+                addrs.main, addrs.main
+            ));
+        } else {
+            lines.push(format!(
+                "  {:<8} grpc {}   (grpcurl -plaintext {} list)",
+                component.name(),
+                addrs.main,
+                addrs.main
+            ));
+        }
+        lines.push(format!("  {:<8} admin http://{}/ready", "", addrs.admin));
+    }
+    lines.push(format!(
+        "  addresses in {}; Ctrl-C stops everything.",
+        endpoints_path.display()
+    ));
+    println!("{}", lines.join("\n"));
+}

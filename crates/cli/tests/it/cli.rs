@@ -1,0 +1,83 @@
+//! The binary's settings handling, as a person meets it at the command line.
+
+use std::process::Command;
+
+use crate::{TestResult, binary};
+
+#[test]
+fn a_bad_setting_stops_the_start_with_exit_64_and_a_clear_message() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let output = Command::new(binary())
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("FLOTILLA_DRAIN_TIMEOUT", "10")
+        .output()?;
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("FLOTILLA_DRAIN_TIMEOUT=\"10\""), "{stderr}");
+    assert!(
+        stderr.contains("15m"),
+        "the expected form is shown: {stderr}"
+    );
+    assert!(
+        !dir.path().join("product.db").exists(),
+        "nothing starts on a bad setting"
+    );
+    Ok(())
+}
+
+#[test]
+fn config_prints_effective_settings_with_secrets_redacted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("flotilla.toml");
+    std::fs::write(
+        &file,
+        "FLOTILLA_GATEWAY_TIMEOUT = \"5s\"\nFLOTILLA_DRAIN_TIMEOUT = \"20s\"\n",
+    )?;
+    let output = Command::new(binary())
+        .args(["config", "--component", "product", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", "postgres://app:hunter2@db:5432/product")
+        .env("FLOTILLA_DRAIN_TIMEOUT", "30s")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The file names a gateway setting, which the product alone does not read: refused as unknown.
+    assert_eq!(output.status.code(), Some(64), "{stdout}{stderr}");
+    assert!(stderr.contains("FLOTILLA_GATEWAY_TIMEOUT"), "{stderr}");
+
+    std::fs::write(
+        &file,
+        "FLOTILLA_DRAIN_TIMEOUT = \"20s\"\nFLOTILLA_PRODUCT_GRPC_ADDR = \"0.0.0.0:6000\"\n",
+    )?;
+    let output = Command::new(binary())
+        .args(["config", "--component", "product", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", "postgres://app:hunter2@db:5432/product")
+        .env("FLOTILLA_DRAIN_TIMEOUT", "30s")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("DATABASE_URL=postgres://app:***@db:5432/product  # environment"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("FLOTILLA_DRAIN_TIMEOUT=30s  # environment"),
+        "the environment wins: {stdout}"
+    );
+    assert!(
+        stdout.contains("FLOTILLA_PRODUCT_GRPC_ADDR=0.0.0.0:6000  # file"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FLOTILLA_PRODUCT_ADMIN_ADDR=0.0.0.0:9083  # default"),
+        "{stdout}"
+    );
+    Ok(())
+}
