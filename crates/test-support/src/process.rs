@@ -1,5 +1,6 @@
 //! The real `flotilla` binary, started as a user would start it, on port 0 listeners in a data
-//! directory of the test's choosing, found through the `endpoints.json` it writes once ready.
+//! directory of the test's choosing, found through the `endpoints.json` that `up` writes once ready
+//! or the "serving" log line of a single component.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,52 @@ impl Flotilla {
     pub async fn up(binary: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let endpoints_path = data_dir.join("endpoints.json");
         let _ = std::fs::remove_file(&endpoints_path);
+        let mut args = vec!["up".to_owned(), "--listen-ephemeral".to_owned()];
+        args.extend(data_dir_args(data_dir));
+        Self::start(binary, &args, data_dir, env, move |_log| {
+            let text = std::fs::read_to_string(&endpoints_path).ok()?;
+            serde_json::from_str(&text).ok()
+        })
+        .await
+    }
+
+    /// Starts `binary serve component` with `env` (which should set its listen addresses, port 0
+    /// is fine), and waits for its "serving" log line, which names the bound addresses. The
+    /// endpoints document then has the same shape as `up`'s, with this one component.
+    pub async fn serve(
+        binary: &Path,
+        component: &str,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args = vec!["serve".to_owned(), component.to_owned()];
+        args.extend(data_dir_args(data_dir));
+        let component = component.to_owned();
+        Self::start(binary, &args, data_dir, env, move |log| {
+            log.lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|line| {
+                    line["message"] == "serving" && line["component"] == component.as_str()
+                })
+                .map(|mut line| {
+                    if let Some(fields) = line.as_object_mut() {
+                        fields.retain(|key, _| matches!(key.as_str(), "grpc" | "http" | "admin"));
+                    }
+                    serde_json::json!({ component.as_str(): line })
+                })
+        })
+        .await
+    }
+
+    /// Spawns the binary with its output in `<data_dir>/flotilla.log` and polls `ready` (given the
+    /// log so far) until it yields the endpoints document.
+    async fn start(
+        binary: &Path,
+        args: &[String],
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        ready: impl Fn(&str) -> Option<serde_json::Value>,
+    ) -> Self {
         std::fs::create_dir_all(data_dir).expect("create the data directory");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -32,9 +79,9 @@ impl Flotilla {
             .expect("open the log file");
         let mut command = tokio::process::Command::new(binary);
         command
-            .args(["up", "--listen-ephemeral", "--data-dir"])
-            .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "info")
+            .env("FLOTILLA_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("clone the log handle")))
             .stderr(Stdio::from(log))
@@ -46,9 +93,7 @@ impl Flotilla {
 
         let deadline = tokio::time::Instant::now() + START_PATIENCE;
         loop {
-            if let Ok(text) = std::fs::read_to_string(&endpoints_path)
-                && let Ok(endpoints) = serde_json::from_str(&text)
-            {
+            if let Some(endpoints) = ready(&read_log(data_dir)) {
                 return Self {
                     child,
                     data_dir: data_dir.to_path_buf(),
@@ -57,13 +102,13 @@ impl Flotilla {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
-                    "flotilla up exited with {status} before it was ready; log:\n{}",
+                    "flotilla {args:?} exited with {status} before it was ready; log:\n{}",
                     read_log(data_dir)
                 );
             }
             if tokio::time::Instant::now() > deadline {
                 panic!(
-                    "flotilla up was not ready within {START_PATIENCE:?}; log:\n{}",
+                    "flotilla {args:?} was not ready within {START_PATIENCE:?}; log:\n{}",
                     read_log(data_dir)
                 );
             }
@@ -126,6 +171,10 @@ impl Flotilla {
     pub fn log(&self) -> String {
         read_log(&self.data_dir)
     }
+}
+
+fn data_dir_args(data_dir: &Path) -> [String; 2] {
+    ["--data-dir".to_owned(), data_dir.display().to_string()]
 }
 
 fn read_log(data_dir: &Path) -> String {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod lifecycle;
+mod serve;
 mod up;
 
 use std::net::SocketAddr;

@@ -116,3 +116,45 @@ async fn http_get(
         .ok_or("no status line")?;
     Ok((status, response))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_reports_not_serving_and_not_ready()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let config = ServeConfig {
+        drain_timeout: Duration::from_secs(2),
+        ..loopback_config()
+    };
+    let running = GrpcServer::new("test", config).spawn().await?;
+    let addrs = running.addrs();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs.main))?
+        .connect()
+        .await?;
+    // A Watch stream opened before shutdown is an in-flight call: it sees the flip, and it holds the
+    // drain open, so the admin listener can be asked while the drain lasts.
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        watch.message().await?.map(|m| m.status),
+        Some(WireStatus::Serving as i32)
+    );
+
+    let stop = running.stop_token();
+    let shutdown = tokio::spawn(running.shutdown());
+    stop.cancel();
+    assert_eq!(
+        watch.message().await?.map(|m| m.status),
+        Some(WireStatus::NotServing as i32)
+    );
+    let (status, body) = http_get(addrs.admin, "/ready").await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    // New connections are refused while in-flight calls finish.
+    assert!(tokio::net::TcpStream::connect(addrs.main).await.is_err());
+    drop(watch);
+    shutdown.await??;
+    Ok(())
+}
