@@ -42,6 +42,24 @@ const PRODUCT_ADMIN_PORT: u16 = 9083;
 const GATEWAY_HTTP_PORT: u16 = 8080;
 const GATEWAY_ADMIN_PORT: u16 = 9080;
 
+/// Every setting any component reads, so a settings file shared by several components is accepted
+/// by each (a test keeps this list equal to what the components really read).
+const ALL_SETTINGS: &[&str] = &[
+    "DATABASE_URL",
+    "FLOTILLA_DRAIN_TIMEOUT",
+    "FLOTILLA_GATEWAY_ADMIN_ADDR",
+    "FLOTILLA_GATEWAY_HTTP_ADDR",
+    "FLOTILLA_GATEWAY_PRODUCT_ENDPOINT",
+    "FLOTILLA_GATEWAY_TIMEOUT",
+    "FLOTILLA_LOG_FORMAT",
+    "FLOTILLA_PRODUCT_ADMIN_ADDR",
+    "FLOTILLA_PRODUCT_DATABASE_URL",
+    "FLOTILLA_PRODUCT_DB_MAX_CONNECTIONS",
+    "FLOTILLA_PRODUCT_GRPC_ADDR",
+    "FLOTILLA_PRODUCT_SEED_DEMO",
+    "RUST_LOG",
+];
+
 /// Everything one run needs, parsed and checked before anything starts.
 #[derive(Debug)]
 pub struct SystemConfig {
@@ -134,7 +152,7 @@ impl SystemConfig {
         } else {
             None
         };
-        settings.reject_unknown_file_keys()?;
+        settings.reject_unknown_file_keys(ALL_SETTINGS)?;
         Ok(Self {
             mode,
             data_dir: data_dir.to_path_buf(),
@@ -167,47 +185,39 @@ impl SystemConfig {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn no_settings() -> Settings {
+        Settings::from_pairs::<_, &str, &str>([])
+    }
+
     #[test]
-    fn up_defaults_to_loopback_and_sqlite_under_the_data_dir() -> Result<(), ConfigError> {
+    fn up_defaults_to_loopback_and_sqlite_under_the_data_dir() -> TestResult {
         let config = SystemConfig::parse(
-            Settings::from_pairs::<_, &str, &str>([]),
+            no_settings(),
             Path::new("/srv/f"),
             Mode::Up {
                 listen_ephemeral: false,
             },
         )?;
-        let (serve, product) = config.product.ok_or_else(|| ConfigError::Missing {
-            name: "product".into(),
-            expected: "".into(),
-        })?;
-        assert_eq!(
-            serve.grpc_addr,
-            "127.0.0.1:50053"
-                .parse()
-                .map_err(|_| ConfigError::Missing {
-                    name: "addr".into(),
-                    expected: "".into()
-                })?
-        );
+        let (serve, product) = config.product.ok_or("up runs the product service")?;
+        assert_eq!(serve.grpc_addr, "127.0.0.1:50053".parse::<SocketAddr>()?);
         assert_eq!(product.database_url, "sqlite:///srv/f/product.db");
         assert!(product.seed_demo);
-        assert_eq!(
-            config.gateway.map(|g| g.product_endpoint),
-            Some("http://127.0.0.1:50053".to_owned())
-        );
+        let gateway = config.gateway.ok_or("up runs the gateway")?;
+        assert_eq!(gateway.product_endpoint, "http://127.0.0.1:50053");
         Ok(())
     }
 
     #[test]
-    fn serve_reads_database_url_and_binds_every_interface() -> Result<(), ConfigError> {
+    fn serve_reads_database_url_and_binds_every_interface() -> TestResult {
         let settings = Settings::from_pairs([("DATABASE_URL", "postgres://app:pw@db/product")]);
         let config =
             SystemConfig::parse(settings, Path::new("data"), Mode::Serve(Component::Product))?;
         assert!(config.gateway.is_none());
-        let (serve, product) = config.product.ok_or_else(|| ConfigError::Missing {
-            name: "product".into(),
-            expected: "".into(),
-        })?;
+        let (serve, product) = config
+            .product
+            .ok_or("serve product runs the product service")?;
         assert_eq!(serve.grpc_addr.ip().to_string(), "0.0.0.0");
         assert_eq!(product.database_url, "postgres://app:pw@db/product");
         assert!(!product.seed_demo);
@@ -215,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn ephemeral_overrides_every_listener() -> Result<(), ConfigError> {
+    fn ephemeral_overrides_every_listener() -> TestResult {
         let settings = Settings::from_pairs([("FLOTILLA_GATEWAY_HTTP_ADDR", "0.0.0.0:80")]);
         let config = SystemConfig::parse(
             settings,
@@ -224,17 +234,39 @@ mod tests {
                 listen_ephemeral: true,
             },
         )?;
-        let gateway = config.gateway.ok_or_else(|| ConfigError::Missing {
-            name: "gateway".into(),
-            expected: "".into(),
-        })?;
+        let gateway = config.gateway.ok_or("up runs the gateway")?;
         assert_eq!(gateway.http_addr.to_string(), "127.0.0.1:0");
         assert_eq!(gateway.admin_addr.to_string(), "127.0.0.1:0");
         Ok(())
     }
 
     #[test]
-    fn describe_redacts_database_passwords() -> Result<(), ConfigError> {
+    fn the_list_of_all_settings_is_what_the_components_read() -> TestResult {
+        let mut read = std::collections::BTreeSet::new();
+        for mode in [
+            Mode::Up {
+                listen_ephemeral: false,
+            },
+            Mode::Serve(Component::Product),
+            Mode::Serve(Component::Gateway),
+        ] {
+            let config = SystemConfig::parse(no_settings(), Path::new("data"), mode)?;
+            read.extend(
+                config
+                    .settings
+                    .effective()
+                    .into_iter()
+                    .map(|setting| setting.name),
+            );
+        }
+        let listed: std::collections::BTreeSet<String> =
+            ALL_SETTINGS.iter().map(|name| (*name).to_owned()).collect();
+        assert_eq!(read, listed);
+        Ok(())
+    }
+
+    #[test]
+    fn describe_redacts_database_passwords() -> TestResult {
         let settings =
             Settings::from_pairs([("DATABASE_URL", "postgres://app:hunter2@db/product")]);
         let config =

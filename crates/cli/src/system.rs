@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use futures::future::select_all;
 use platform::database::Database;
 use platform::serve::GrpcServer;
-use platform::shutdown::Running;
+use platform::shutdown::{Running, Signals};
 use serde_json::json;
 
 use crate::settings::{Mode, SystemConfig};
@@ -18,6 +18,7 @@ use crate::settings::{Mode, SystemConfig};
 /// # Errors
 /// A component that could not start, or that failed while running.
 pub async fn run(config: SystemConfig) -> anyhow::Result<()> {
+    let mut signals = Signals::install().context("installing the SIGTERM and SIGINT handlers")?;
     let endpoints_path = config.data_dir.join("endpoints.json");
     if matches!(config.mode, Mode::Up { .. }) {
         // A file left by a run that was killed would point scripts at dead ports.
@@ -31,16 +32,16 @@ pub async fn run(config: SystemConfig) -> anyhow::Result<()> {
         return Err(error);
     }
     if matches!(config.mode, Mode::Up { .. }) {
-        write_endpoints(&endpoints_path, &running)?;
+        if let Err(error) = write_endpoints(&endpoints_path, &running) {
+            stop(running, databases).await;
+            return Err(error);
+        }
         print_banner(&running, &endpoints_path);
     }
 
     let failure = tokio::select! {
-        signal = platform::shutdown::signal() => {
-            match signal {
-                Ok(name) => tracing::info!(signal = name, "stop requested"),
-                Err(error) => tracing::warn!(%error, "cannot listen for signals; stopping"),
-            }
+        signal = signals.recv() => {
+            tracing::info!(signal, "stop requested");
             None
         }
         (result, index, _) = select_all(running.iter_mut().map(|component| Box::pin(component.stopped()))) => {

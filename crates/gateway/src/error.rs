@@ -10,6 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tonic::Code;
 
+/// The message of tonic's `TimeoutExpired`, which it turns into a CANCELLED status.
+const TIMEOUT_EXPIRED: &str = "Timeout expired";
+
 /// An error on its way to an HTTP client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -44,7 +47,12 @@ impl ApiError {
 
     /// The answer of an upstream service named `service`.
     pub fn from_status(service: &str, status: &tonic::Status) -> Self {
-        let code = status.code();
+        // tonic reports the expiry of the deadline the gateway set as CANCELLED ("Timeout expired",
+        // from its TimeoutExpired error); to the HTTP client it is a gateway timeout.
+        let code = match status.code() {
+            Code::Cancelled if status.message() == TIMEOUT_EXPIRED => Code::DeadlineExceeded,
+            code => code,
+        };
         let message = match code {
             Code::Unknown | Code::Internal | Code::DataLoss => {
                 tracing::error!(service, code = ?code, message = status.message(), "upstream failed");

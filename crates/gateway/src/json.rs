@@ -39,8 +39,8 @@ impl From<product_pb::Product> for ProductJson {
             price_cents: product.price_cents,
             currency: product.currency,
             stock: product.stock,
-            created_at: product.created_at.as_ref().map(rfc3339),
-            updated_at: product.updated_at.as_ref().map(rfc3339),
+            created_at: product.created_at.as_ref().and_then(rfc3339),
+            updated_at: product.updated_at.as_ref().and_then(rfc3339),
             etag: product.etag,
         }
     }

@@ -73,10 +73,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .fallback(not_found)
         // Layers added later wrap the earlier ones: the body limit runs closest to the handlers,
         // its 413 (and axum's 405) are turned into JSON errors, and the trace layer outermost sees
-        // every request and the final status.
+        // every request and its final status.
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(axum::middleware::map_response(error::json_errors))
-        .layer(TraceLayer::new_for_http())
+        // Failures are logged once, where they are understood (ApiError), not again as bare 5xx.
+        .layer(TraceLayer::new_for_http().on_failure(()))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

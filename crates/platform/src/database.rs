@@ -183,6 +183,48 @@ impl Database {
     }
 }
 
+/// Whether a database error is worth a retry (the database is busy, restarting or unreachable), as
+/// opposed to one that a retry would meet again (a constraint, a bad query). Services answer the
+/// first kind with UNAVAILABLE or ABORTED, the second with INTERNAL.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database_error) => {
+            let code = database_error.code().unwrap_or_default();
+            if database_error
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .is_some()
+            {
+                is_transient_sqlite_code(&code)
+            } else {
+                is_transient_sqlstate(&code)
+            }
+        }
+        _ => false,
+    }
+}
+
+/// SQLite result codes (extended codes keep the primary code in the low byte): BUSY (5) and
+/// LOCKED (6).
+fn is_transient_sqlite_code(code: &str) -> bool {
+    code.parse::<u32>()
+        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
+/// PostgreSQL SQLSTATEs: class 08 (connection exception), 40001 (serialization failure), 40P01
+/// (deadlock), 53300 (too many connections), 57P01-57P03 (shutting down, cannot connect now).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+        )
+}
+
 /// The dialect a URL names, if any.
 pub fn dialect_of(url: &str) -> Option<Dialect> {
     let scheme = url.split_once(':')?.0;
@@ -252,6 +294,52 @@ mod tests {
         assert!((database.readiness_check())().await.is_ok());
         database.close().await;
         assert!((database.readiness_check())().await.is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn transient_codes_are_told_from_permanent_ones() {
+        for code in ["5", "517", "6", "262"] {
+            assert!(is_transient_sqlite_code(code), "{code}");
+        }
+        for code in ["19", "2067", "1"] {
+            assert!(!is_transient_sqlite_code(code), "{code}");
+        }
+        for code in ["08006", "40001", "40P01", "53300", "57P01"] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22021"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[tokio::test]
+    async fn a_busy_sqlite_database_is_transient() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let database = Database::connect(&sqlite_url(&dir.path().join("busy.db")), 2).await?;
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(database.pool())
+            .await?;
+        let mut holder = database.pool().acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *holder).await?;
+        let mut waiter = database.pool().acquire().await?;
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut *waiter)
+            .await?;
+        let busy = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *waiter)
+            .await;
+        let error = busy
+            .err()
+            .ok_or("the write should meet the other writer's lock")?;
+        assert!(is_transient(&error), "{error:?}");
+        let missing = sqlx::query("SELECT * FROM missing")
+            .execute(&mut *waiter)
+            .await;
+        assert!(!is_transient(&missing.err().ok_or("missing table")?));
+        sqlx::query("ROLLBACK").execute(&mut *holder).await?;
         Ok(())
     }
 

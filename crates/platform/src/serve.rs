@@ -6,8 +6,12 @@
 //! 2. health flips to NOT_SERVING and `/ready` to 503;
 //! 3. the gRPC listener closes and every HTTP/2 connection gets a GOAWAY, so clients stop starting
 //!    calls on it while in-flight calls finish;
-//! 4. after at most the drain timeout, whatever is still in flight is closed; the admin listener
-//!    stops last so `/ready` says "draining" for as long as the drain lasts.
+//! 4. after at most the drain timeout the component stops waiting (calls still running then end
+//!    with the process); the admin listener stops last so `/ready` says "draining" for as long as
+//!    the drain lasts.
+//!
+//! Health `Watch` streams receive NOT_SERVING and then end, so a watching load balancer does not
+//! hold the drain open.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -159,10 +163,10 @@ impl GrpcServer {
             component: name.to_owned(),
             reason,
         };
-        let reflection_v1 = reflection()
+        let reflection_v1 = reflection(&self.service_names)
             .build_v1()
             .map_err(|error| serve_error(format!("reflection descriptors: {error}")))?;
-        let reflection_v1alpha = reflection()
+        let reflection_v1alpha = reflection(&self.service_names)
             .build_v1alpha()
             .map_err(|error| serve_error(format!("reflection descriptors: {error}")))?;
 
@@ -209,16 +213,37 @@ impl GrpcServer {
             }
             readiness.start_draining();
             set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
+            end_health_watches(health_reporter, &service_names).await;
         });
         Ok(Running::spawn(name, addrs, stop, lifecycle))
     }
 }
 
-/// Server reflection over every Flotilla contract and the health service.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+/// Server reflection over the services this server really has (the descriptor set holds every
+/// Flotilla contract; listing them all would advertise services that are served elsewhere).
+fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(HEALTH_SERVICE);
+    service_names
+        .iter()
+        .fold(builder, |builder, name| builder.with_service_name(*name))
+}
+
+/// The standard health service's name, as clients ask for it.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Ends every health `Watch` stream once it has delivered NOT_SERVING: a watch is a call that never
+/// finishes by itself, and left open it would hold the drain until its timeout on every shutdown.
+async fn end_health_watches(
+    mut reporter: tonic_health::server::HealthReporter,
+    service_names: &[&str],
+) {
+    reporter.clear_service_status("").await;
+    for service in service_names {
+        reporter.clear_service_status(service).await;
+    }
 }
 
 async fn set_health(

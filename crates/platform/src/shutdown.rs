@@ -12,25 +12,51 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 pub use tokio_util::sync::CancellationToken;
 
-/// Completes on the first SIGTERM or SIGINT (Ctrl-C), the signals orchestrators and people send.
-///
-/// # Errors
-/// When the signal handlers cannot be installed (the process cannot be stopped cleanly then).
-pub async fn signal() -> std::io::Result<&'static str> {
+/// The stop signals orchestrators and people send: SIGTERM and SIGINT (Ctrl-C). Install them first
+/// thing, before a slow start-up (migrations, seeding), so a signal that arrives early is not met by
+/// the default action, which would kill the process without a drain.
+#[derive(Debug)]
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = terminate.recv() => Ok("SIGTERM"),
-            _ = interrupt.recv() => Ok("SIGINT"),
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    /// When the handlers cannot be installed (the process could not then be stopped cleanly).
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await?;
-        Ok("Ctrl-C")
+
+    /// Completes on the next signal, naming it.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 
@@ -72,7 +98,8 @@ pub struct Running {
     name: &'static str,
     addrs: BoundAddrs,
     stop: CancellationToken,
-    task: JoinHandle<Result<(), ComponentError>>,
+    /// `None` once the task's outcome has been taken by [`Running::stopped`].
+    task: Option<JoinHandle<Result<(), ComponentError>>>,
 }
 
 impl Running {
@@ -85,7 +112,7 @@ impl Running {
             name,
             addrs,
             stop,
-            task: tokio::spawn(run),
+            task: Some(tokio::spawn(run)),
         }
     }
 
@@ -104,12 +131,20 @@ impl Running {
         self.stop.clone()
     }
 
-    /// Completes when the component stops by itself (it failed), without asking it to stop.
+    /// Completes when the component stops by itself (it failed), without asking it to stop. Its
+    /// outcome is returned here once; a later [`Running::shutdown`] then has nothing to wait for.
     ///
     /// # Errors
     /// The component's failure.
     pub async fn stopped(&mut self) -> Result<(), ComponentError> {
-        join(self.name, &mut self.task).await
+        match &mut self.task {
+            Some(task) => {
+                let outcome = join(self.name, task).await;
+                self.task = None;
+                outcome
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Asks the component to stop and waits for it to drain.
@@ -118,7 +153,10 @@ impl Running {
     /// The component's failure, if it failed while draining.
     pub async fn shutdown(mut self) -> Result<(), ComponentError> {
         self.stop.cancel();
-        join(self.name, &mut self.task).await
+        match &mut self.task {
+            Some(task) => join(self.name, task).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -232,4 +270,28 @@ pub async fn bind(what: &str, addr: SocketAddr) -> Result<tokio::net::TcpListene
 /// The bound address of a listener, falling back to the requested one if the OS cannot say.
 pub fn local_addr(listener: &tokio::net::TcpListener, requested: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(requested)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_component_that_failed_can_still_be_shut_down() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let addrs = BoundAddrs {
+            main: any,
+            admin: any,
+        };
+        let mut running = Running::spawn("failing", addrs, CancellationToken::new(), async {
+            Err(ComponentError::Serve {
+                component: "failing".into(),
+                reason: "boom".into(),
+            })
+        });
+        let failure = running.stopped().await;
+        assert!(failure.is_err_and(|error| error.to_string().contains("boom")));
+        // Its outcome was taken once; stopping it afterwards neither panics nor reports it twice.
+        assert!(running.shutdown().await.is_ok());
+    }
 }

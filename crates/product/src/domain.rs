@@ -146,6 +146,12 @@ impl RawProductFields {
         if name.is_empty() {
             return Err(ValidationError::new("name", "must not be empty"));
         }
+        if name.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "name",
+                "must not contain control characters (such as NUL, tab or newline)",
+            ));
+        }
         if name.chars().count() > MAX_NAME_CHARS {
             return Err(ValidationError::new(
                 "name",
@@ -156,6 +162,16 @@ impl RawProductFields {
             return Err(ValidationError::new(
                 "description",
                 format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+            ));
+        }
+        if self
+            .description
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(ValidationError::new(
+                "description",
+                "must not contain control characters other than newline and tab",
             ));
         }
         if self.price_cents < 0 {

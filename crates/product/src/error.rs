@@ -17,13 +17,15 @@ pub enum ProductError {
     #[error(transparent)]
     Page(#[from] PageError),
     /// No product has the id.
-    #[error("product {0:?} not found")]
+    #[error("product \"{0}\" not found")]
     NotFound(ProductId),
     /// A client-chosen id is taken.
-    #[error("product {0:?} already exists")]
+    #[error("product \"{0}\" already exists")]
     AlreadyExists(ProductId),
     /// The client's etag names an older revision.
-    #[error("product {id:?} has changed since etag {given}: read it again and reapply the change")]
+    #[error(
+        "product \"{id}\" has changed since etag {given}: read it again and reapply the change"
+    )]
     EtagMismatch {
         /// The product.
         id: ProductId,
@@ -31,7 +33,7 @@ pub enum ProductError {
         given: String,
     },
     /// Another writer changed the product between our read and our write.
-    #[error("product {0:?} was changed concurrently: retry the request")]
+    #[error("product \"{0}\" was changed concurrently: retry the request")]
     Conflict(ProductId),
     /// The database could not be reached in time; a retry may succeed.
     #[error("database unavailable: {0}")]
@@ -42,13 +44,13 @@ pub enum ProductError {
 }
 
 impl ProductError {
-    /// Sorts a database error: timeouts and lost connections are worth a retry; the rest are not.
+    /// Sorts a database error: a busy, restarting or unreachable database is worth a retry
+    /// (UNAVAILABLE); the rest are not (INTERNAL).
     pub fn from_database(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(error)
-            }
-            other => Self::Storage(other),
+        if platform::database::is_transient(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Storage(error)
         }
     }
 }
@@ -108,6 +110,15 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn messages_show_ids_plainly() -> Result<(), ValidationError> {
+        let message = Status::from(ProductError::NotFound(ProductId::parse("id", "kettle")?))
+            .message()
+            .to_owned();
+        assert_eq!(message, "product \"kettle\" not found");
         Ok(())
     }
 

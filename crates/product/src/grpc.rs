@@ -1,6 +1,6 @@
 //! The `flotilla.product.v1.ProductService` implementation: proto in, domain calls, proto out.
 
-use platform::pagination;
+use platform::pagination::{self, PageError};
 use platform::proto::product::v1 as pb;
 use platform::time::{now_micros, timestamp_from_micros};
 use tonic::{Request, Response, Status};
@@ -41,6 +41,10 @@ impl ProductApi {
         )?;
         let fingerprint = filter.fingerprint();
         let after: Option<Cursor> = pagination::decode_token(&request.page_token, &fingerprint)?;
+        // Tokens are not signed: a forged cursor must fail as a bad token, not reach the database.
+        if let Some(cursor) = &after {
+            ProductId::parse("page_token", &cursor.id).map_err(|_| PageError::MalformedToken)?;
+        }
         // One extra row tells whether another page exists without a COUNT.
         let mut products = self
             .store
@@ -90,6 +94,14 @@ impl ProductApi {
         match self.store.update(&updated, current.revision).await? {
             WriteOutcome::Written => Ok(to_proto(&updated)),
             WriteOutcome::Missing => Err(ProductError::NotFound(id)),
+            // A client that named an etag gets the same answer as for a stale one; a client that
+            // did not lost a race it could not see, and may simply retry.
+            WriteOutcome::RevisionChanged if !request.etag.is_empty() => {
+                Err(ProductError::EtagMismatch {
+                    id,
+                    given: request.etag,
+                })
+            }
             WriteOutcome::RevisionChanged => Err(ProductError::Conflict(id)),
         }
     }

@@ -83,43 +83,30 @@ impl ProductStore {
         limit: u32,
     ) -> Result<Vec<Product>, ProductError> {
         let mut conditions: Vec<String> = Vec::new();
-        let mut texts: Vec<(usize, String)> = Vec::new();
-        let mut numbers: Vec<(usize, i64)> = Vec::new();
-        let mut next = 1;
-        let mut placeholder = || {
-            let current = next;
-            next += 1;
-            current
-        };
+        let mut values: Vec<Bound> = Vec::new();
         if let Some(currency) = &filter.currency {
-            let n = placeholder();
+            let n = push(&mut values, Bound::Text(currency.as_str().to_owned()));
             conditions.push(format!("currency = ${n}"));
-            texts.push((n, currency.as_str().to_owned()));
         }
         if let Some(min) = filter.min_price_cents {
-            let n = placeholder();
+            let n = push(&mut values, Bound::Number(min));
             conditions.push(format!("price_cents >= ${n}"));
-            numbers.push((n, min));
         }
         if let Some(max) = filter.max_price_cents {
-            let n = placeholder();
+            let n = push(&mut values, Bound::Number(max));
             conditions.push(format!("price_cents <= ${n}"));
-            numbers.push((n, max));
         }
         if filter.in_stock_only {
             conditions.push("stock > 0".to_owned());
         }
         if let Some(cursor) = after {
-            let (at, at_again, id) = (placeholder(), placeholder(), placeholder());
+            let at = push(&mut values, Bound::Number(cursor.created_at_us));
+            let id = push(&mut values, Bound::Text(cursor.id.clone()));
             conditions.push(format!(
-                "(created_at_us > ${at} OR (created_at_us = ${at_again} AND id > ${id}))"
+                "(created_at_us > ${at} OR (created_at_us = ${at} AND id > ${id}))"
             ));
-            numbers.push((at, cursor.created_at_us));
-            numbers.push((at_again, cursor.created_at_us));
-            texts.push((id, cursor.id.clone()));
         }
-        let limit_placeholder = placeholder();
-        numbers.push((limit_placeholder, i64::from(limit)));
+        let limit = push(&mut values, Bound::Number(i64::from(limit)));
 
         let where_clause = if conditions.is_empty() {
             String::new()
@@ -127,22 +114,10 @@ impl ProductStore {
             format!("WHERE {}", conditions.join(" AND "))
         };
         let sql = format!(
-            "SELECT {COLUMNS} FROM products {where_clause} \
-             ORDER BY created_at_us, id LIMIT ${limit_placeholder}"
+            "SELECT {COLUMNS} FROM products {where_clause} ORDER BY created_at_us, id LIMIT ${limit}"
         );
-        // Bind in placeholder order, whichever list each value sits in.
-        let mut values: Vec<(usize, Bound)> = texts
-            .into_iter()
-            .map(|(n, text)| (n, Bound::Text(text)))
-            .chain(
-                numbers
-                    .into_iter()
-                    .map(|(n, number)| (n, Bound::Number(number))),
-            )
-            .collect();
-        values.sort_by_key(|(n, _)| *n);
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (_, value) in values {
+        for value in values {
             query = match value {
                 Bound::Text(text) => query.bind(text),
                 Bound::Number(number) => query.bind(number),
@@ -298,6 +273,13 @@ fn insert_query(product: &Product) -> Query<'_, Any, AnyArguments> {
         .bind(product.created_at_us)
         .bind(product.updated_at_us)
         .bind(product.revision)
+}
+
+/// Adds a value to bind and returns its placeholder number: values get `$1`, `$2`, … in push
+/// order, which is the order they are bound in.
+fn push(values: &mut Vec<Bound>, value: Bound) -> usize {
+    values.push(value);
+    values.len()
 }
 
 enum Bound {

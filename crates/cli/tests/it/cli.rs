@@ -32,7 +32,7 @@ fn config_prints_effective_settings_with_secrets_redacted() -> TestResult {
     let file = dir.path().join("flotilla.toml");
     std::fs::write(
         &file,
-        "FLOTILLA_GATEWAY_TIMEOUT = \"5s\"\nFLOTILLA_DRAIN_TIMEOUT = \"20s\"\n",
+        "FLOTILLA_GATEWAY_TIMOUT = \"5s\"\nFLOTILLA_DRAIN_TIMEOUT = \"20s\"\n",
     )?;
     let output = Command::new(binary())
         .args(["config", "--component", "product", "--config"])
@@ -42,13 +42,14 @@ fn config_prints_effective_settings_with_secrets_redacted() -> TestResult {
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    // The file names a gateway setting, which the product alone does not read: refused as unknown.
+    // A misspelt name in the file is refused, not silently ignored.
     assert_eq!(output.status.code(), Some(64), "{stdout}{stderr}");
-    assert!(stderr.contains("FLOTILLA_GATEWAY_TIMEOUT"), "{stderr}");
+    assert!(stderr.contains("FLOTILLA_GATEWAY_TIMOUT"), "{stderr}");
 
+    // One file can serve several components: the gateway's setting is accepted by the product.
     std::fs::write(
         &file,
-        "FLOTILLA_DRAIN_TIMEOUT = \"20s\"\nFLOTILLA_PRODUCT_GRPC_ADDR = \"0.0.0.0:6000\"\n",
+        "FLOTILLA_DRAIN_TIMEOUT = \"20s\"\nFLOTILLA_PRODUCT_GRPC_ADDR = \"0.0.0.0:6000\"\nFLOTILLA_GATEWAY_TIMEOUT = \"5s\"\n",
     )?;
     let output = Command::new(binary())
         .args(["config", "--component", "product", "--config"])

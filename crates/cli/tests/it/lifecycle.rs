@@ -268,15 +268,25 @@ async fn sigterm_under_load_completes_or_refuses_every_request_and_keeps_every_w
             "refused create {id} was stored"
         );
     }
-    // The demo catalogue was not seeded a second time.
-    let page = client
-        .list_products(pb::ListProductsRequest {
-            page_size: 500,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(page.products.len(), 30 + grpc.created.len());
+    // The demo catalogue was not seeded a second time: count every page.
+    let mut stored = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_products(pb::ListProductsRequest {
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        stored += page.products.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(stored, 30 + grpc.created.len());
     flotilla.stop().await;
     Ok(())
 }

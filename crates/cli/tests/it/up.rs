@@ -118,6 +118,12 @@ async fn up_serves_products_over_http_and_health_and_reflection_over_grpc() -> T
             "{expected} missing from {listed:?}"
         );
     }
+    assert!(
+        !listed
+            .iter()
+            .any(|name| name == "flotilla.user.v1.UserService"),
+        "reflection lists only the services this port serves: {listed:?}"
+    );
 
     // v1alpha, which older grpcurl and Postman use, describes the product contract too.
     let mut v1alpha =

@@ -1,7 +1,7 @@
 //! `/v1/products`: the catalogue, read through the product service.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use platform::proto::product::v1 as pb;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::ApiQuery;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::json::{ProductJson, ProductPageJson};
 
 const SERVICE: &str = "product";
@@ -59,7 +59,7 @@ pub async fn list(
 /// `GET /v1/products/{id}`: one product, with its etag also in the `ETag` header.
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let request = state.with_deadline(pb::GetProductRequest { id });
     let product = state

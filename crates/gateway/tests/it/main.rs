@@ -172,6 +172,10 @@ async fn client_mistakes_are_4xx_with_a_message() -> TestResult {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(&json, 400, "INVALID_ARGUMENT");
 
+    let (status, _, json) = get(&app, "/v1/products/%FF").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&json, 400, "INVALID_ARGUMENT");
+
     let (status, _, json) = get(&app, "/v1/products?page_size=lots").await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(&json, 400, "INVALID_ARGUMENT");
@@ -242,5 +246,28 @@ async fn a_missing_service_is_503_with_retry_after_and_no_address() -> TestResul
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = get(&app, "/readyz").await?;
     assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_misses_the_deadline_is_504() -> TestResult {
+    // Accepts connections and never answers: every call runs into the gateway's deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?;
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let channel = gateway::channel(&format!("http://{addr}"))?;
+    let app = router(
+        AppState::new(channel, Duration::from_millis(200)),
+        BODY_LIMIT,
+    );
+    let (status, _, json) = get(&app, "/v1/products").await?;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{json}");
+    assert_error(&json, 504, "DEADLINE_EXCEEDED");
+    accepting.abort();
     Ok(())
 }

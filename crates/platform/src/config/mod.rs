@@ -57,14 +57,6 @@ pub enum ConfigError {
         /// The expected form, for a person to act on.
         expected: String,
     },
-    /// A required setting has no value.
-    #[error("{name} is required but not set: expected {expected}")]
-    Missing {
-        /// The variable's name.
-        name: String,
-        /// The expected form.
-        expected: String,
-    },
     /// The settings file could not be read or parsed.
     #[error("settings file {path}: {reason}")]
     File {
@@ -111,7 +103,12 @@ impl Settings {
     /// [`ConfigError::File`] when the file cannot be read, is not TOML, or holds a nested table or
     /// an array (settings are flat `NAME = value` pairs).
     pub fn from_environment(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut settings = Self::from_pairs(std::env::vars());
+        // `vars()` would panic on a variable that is not Unicode, even one nothing here reads; such a
+        // variable is skipped, and a setting that needs it reads as unset.
+        let environment = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        let mut settings = Self::from_pairs(environment);
         if let Some(path) = file {
             settings.file = read_settings_file(path)?;
             settings.file_path = Some(path.to_path_buf());
@@ -322,14 +319,14 @@ impl Settings {
         })
     }
 
-    /// A required string that is a secret: it is never printed, and errors never show it.
+    /// An optional secret: `None` when unset. It is never printed, and errors never show it.
     ///
     /// # Errors
-    /// [`ConfigError::Missing`] when unset, [`ConfigError::Invalid`] when empty.
+    /// [`ConfigError::Invalid`] when set but empty or only whitespace.
     pub fn optional_secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
         match self.raw(name) {
             None => Ok(None),
-            Some(("", origin)) => Err(ConfigError::Invalid {
+            Some((value, origin)) if value.trim().is_empty() => Err(ConfigError::Invalid {
                 name: name.to_owned(),
                 value: String::new(),
                 origin,
@@ -350,12 +347,13 @@ impl Settings {
             .unwrap_or_default()
     }
 
-    /// Fails when the settings file names a setting that nothing looked up: call it after every
-    /// component has parsed its config, so a typo in the file is not silently ignored.
+    /// Fails when the settings file names a setting that is neither in `known` (every setting of
+    /// every component, so one file can serve several components) nor looked up so far, so a typo
+    /// in the file is not silently ignored.
     ///
     /// # Errors
     /// [`ConfigError::UnknownInFile`] listing the unknown names.
-    pub fn reject_unknown_file_keys(&self) -> Result<(), ConfigError> {
+    pub fn reject_unknown_file_keys(&self, known: &[&str]) -> Result<(), ConfigError> {
         let Some(path) = &self.file_path else {
             return Ok(());
         };
@@ -367,7 +365,7 @@ impl Settings {
         let unknown: Vec<&str> = self
             .file
             .keys()
-            .filter(|key| !lookups.contains(key))
+            .filter(|key| !lookups.contains(key) && !known.contains(&key.as_str()))
             .map(String::as_str)
             .collect();
         if unknown.is_empty() {
@@ -460,21 +458,39 @@ fn redact(name: &str, value: &str) -> String {
     redact_url_password(value)
 }
 
-/// Replaces the password in `scheme://user:password@host/...` with `***`.
+/// Hides the secrets a URL can carry: the password in `scheme://user:password@host/…` (found up to
+/// the last `@`, since a password may itself hold `/`, `?` or `@`) and the values of query
+/// parameters that name a password or key, which libpq-style URLs accept (`?password=…`).
 pub fn redact_url_password(value: &str) -> String {
     let Some((scheme, rest)) = value.split_once("://") else {
         return value.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return value.to_owned();
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let user_info = &rest[..at];
+            match user_info.split_once(':') {
+                Some((user, _password)) => format!("{user}:***{}", &rest[at..]),
+                None => rest.to_owned(),
+            }
+        }
+        None => rest.to_owned(),
     };
-    let user_info = &authority[..at];
-    match user_info.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => value.to_owned(),
-    }
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if is_secret_name(&key.to_ascii_uppercase()) => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 /// A secret string whose `Debug` and `Display` print `***`, so it cannot leak through a log line or

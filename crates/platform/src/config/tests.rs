@@ -136,7 +136,11 @@ fn unknown_file_keys_are_reported() {
     let settings = settings.ok();
     let error = settings
         .as_ref()
-        .and_then(|settings| settings.reject_unknown_file_keys().err())
+        .and_then(|settings| {
+            settings
+                .reject_unknown_file_keys(&["FLOTILLA_DRAIN_TIMEOUT"])
+                .err()
+        })
         .map(|error| error.to_string())
         .unwrap_or_default();
     assert!(error.contains("FLOTILLA_DRAIN_TIMOUT"), "{error}");
@@ -193,4 +197,34 @@ fn invalid_secret_is_not_echoed() {
         !error.contains("hunter2") && error.contains("***"),
         "{error}"
     );
+}
+
+#[test]
+fn url_secrets_are_redacted_wherever_they_sit() {
+    let cases = [
+        (
+            "postgres://app:hunter2@db:5432/app",
+            "postgres://app:***@db:5432/app",
+        ),
+        (
+            "postgres://app:hun/ter?2@db/app",
+            "postgres://app:***@db/app",
+        ),
+        (
+            "postgres://app@db/app?password=hunter2&sslmode=require",
+            "postgres://app@db/app?password=***&sslmode=require",
+        ),
+        (
+            "postgres://app@db/app?sslkey=/k&application_name=x",
+            "postgres://app@db/app?sslkey=***&application_name=x",
+        ),
+        (
+            "sqlite://data/product.db?mode=rwc",
+            "sqlite://data/product.db?mode=rwc",
+        ),
+        ("not a url", "not a url"),
+    ];
+    for (url, shown) in cases {
+        assert_eq!(redact_url_password(url), shown, "{url}");
+    }
 }

@@ -117,11 +117,16 @@ async fn http_get(
     Ok((status, response))
 }
 
+/// A minimal HTTP/1.1 GET, so platform's tests need no HTTP client crate.
 #[tokio::test(flavor = "multi_thread")]
-async fn draining_reports_not_serving_and_not_ready()
+async fn draining_reports_not_serving_ends_watches_and_is_not_ready()
 -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
     let config = ServeConfig {
-        drain_timeout: Duration::from_secs(2),
+        drain_timeout: Duration::from_secs(5),
         ..loopback_config()
     };
     let running = GrpcServer::new("test", config).spawn().await?;
@@ -129,9 +134,7 @@ async fn draining_reports_not_serving_and_not_ready()
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs.main))?
         .connect()
         .await?;
-    // A Watch stream opened before shutdown is an in-flight call: it sees the flip, and it holds the
-    // drain open, so the admin listener can be asked while the drain lasts.
-    let mut watch = HealthClient::new(channel)
+    let mut watch = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest {
             service: String::new(),
         })
@@ -141,6 +144,19 @@ async fn draining_reports_not_serving_and_not_ready()
         watch.message().await?.map(|m| m.status),
         Some(WireStatus::Serving as i32)
     );
+    // A reflection stream whose client keeps its side open is an in-flight call that holds the drain.
+    let (requests, request_stream) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await?;
+    let mut reflection = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(request_stream))
+        .await?
+        .into_inner();
+    assert!(reflection.message().await?.is_some());
 
     let stop = running.stop_token();
     let shutdown = tokio::spawn(running.shutdown());
@@ -149,12 +165,19 @@ async fn draining_reports_not_serving_and_not_ready()
         watch.message().await?.map(|m| m.status),
         Some(WireStatus::NotServing as i32)
     );
+    assert_eq!(
+        watch.message().await?,
+        None,
+        "the watch ends after NOT_SERVING instead of holding the drain"
+    );
     let (status, body) = http_get(addrs.admin, "/ready").await?;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("draining"), "{body}");
-    // New connections are refused while in-flight calls finish.
-    assert!(tokio::net::TcpStream::connect(addrs.main).await.is_err());
-    drop(watch);
+    assert!(
+        !shutdown.is_finished(),
+        "the in-flight reflection stream holds the drain"
+    );
+    drop(requests);
     shutdown.await??;
     Ok(())
 }

@@ -209,3 +209,25 @@ fn filters_are_checked_and_fingerprinted() {
     assert_ne!(a.fingerprint(), b.fingerprint());
     assert_eq!(a.fingerprint(), a.clone().fingerprint());
 }
+
+#[test]
+fn control_characters_are_refused_where_they_do_not_belong() {
+    let nul_name = RawProductFields {
+        name: "Nul\0byte".into(),
+        ..raw()
+    };
+    assert_eq!(field_of(nul_name.validate()), Some("name"));
+    let nul_description = RawProductFields {
+        description: "Nul\0byte".into(),
+        ..raw()
+    };
+    assert_eq!(field_of(nul_description.validate()), Some("description"));
+    let lines = RawProductFields {
+        description: "Two\nlines\tand a tab".into(),
+        ..raw()
+    };
+    assert!(
+        lines.validate().is_ok(),
+        "newlines and tabs are fine in a description"
+    );
+}

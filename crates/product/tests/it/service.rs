@@ -232,3 +232,27 @@ async fn writes_answer_with_the_right_codes(store: ProductStore) -> TestResult {
     );
     Ok(())
 }
+
+both!(forged_page_tokens_are_invalid_arguments);
+async fn forged_page_tokens_are_invalid_arguments(store: ProductStore) -> TestResult {
+    let api = ProductApi::new(store);
+    create(&api, "", draft("Item", 1, "EUR")).await?;
+    // A token is not signed, so anyone can build one; a cursor holding a NUL (which PostgreSQL
+    // refuses in text) must be a bad token, not a database error.
+    let fingerprint = product::domain::ProductFilter::default().fingerprint();
+    let cursor = product::domain::Cursor {
+        created_at_us: 0,
+        id: "\0".into(),
+    };
+    let forged = platform::pagination::encode_token(&cursor, &fingerprint);
+    let answer = list(
+        &api,
+        pb::ListProductsRequest {
+            page_token: forged,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(answer.err().map(|s| s.code()), Some(Code::InvalidArgument));
+    Ok(())
+}
