@@ -6,6 +6,7 @@
 //! - [`serve`]: runs one gRPC service with health, reflection, an admin listener and a graceful drain;
 //! - [`shutdown`]: signals, bound addresses and the handle of a running component;
 //! - [`admin`]: `/health` and `/ready`;
+//! - [`auth`]: JWT verification, access policies and the layer that enforces them;
 //! - [`database`]: a service's own SQLite or PostgreSQL database, migrated at start;
 //! - [`pagination`]: AIP-158 page sizes and opaque page tokens;
 //! - [`time`]: instants in the database, on the wire and in JSON;
@@ -16,6 +17,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod database;
 pub mod pagination;

@@ -1,0 +1,287 @@
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tower::{Layer, Service, ServiceExt};
+
+use super::*;
+
+fn config() -> AuthConfig {
+    AuthConfig {
+        keys: KeySource::Jwks {
+            auth_endpoint: "http://127.0.0.1:9".into(),
+        },
+        issuer: "flotilla-auth".into(),
+        audience: "flotilla".into(),
+        leeway: Duration::from_secs(30),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn claims(roles: &[&str]) -> Claims {
+    Claims {
+        sub: "user-1".into(),
+        roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+        iat: now(),
+        exp: now() + 900,
+        jti: "token-1".into(),
+        iss: "flotilla-auth".into(),
+        aud: "flotilla".into(),
+    }
+}
+
+fn ed25519() -> Result<(SigningKey, Verifier), KeyError> {
+    let key = SigningKey::generate_ed25519()?;
+    let mut keys = HashMap::new();
+    if let (Some(kid), Some(decoding)) = (key.kid(), key.decoding_key()) {
+        keys.insert(kid.to_owned(), decoding);
+    }
+    let verifier = Verifier::with_public_keys(&config(), keys);
+    Ok((key, verifier))
+}
+
+fn reason(result: Result<Claims, AuthError>) -> String {
+    result
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_else(|| "accepted".into())
+}
+
+#[tokio::test]
+async fn an_ed25519_token_round_trips() -> Result<(), Box<dyn std::error::Error>> {
+    let (key, verifier) = ed25519()?;
+    let token = key.sign(&claims(&["user"]))?;
+    assert_eq!(verifier.verify(&token).await?, claims(&["user"]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn expiry_allows_the_leeway_and_no_more() -> Result<(), Box<dyn std::error::Error>> {
+    let (key, verifier) = ed25519()?;
+    let within = Claims {
+        exp: now() - 10,
+        ..claims(&[])
+    };
+    assert!(
+        verifier.verify(&key.sign(&within)?).await.is_ok(),
+        "10 s late is inside 30 s of leeway"
+    );
+    let beyond = Claims {
+        exp: now() - 120,
+        ..claims(&[])
+    };
+    assert_eq!(
+        reason(verifier.verify(&key.sign(&beyond)?).await),
+        "invalid access token: token expired"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn issuer_audience_and_signature_are_checked() -> Result<(), Box<dyn std::error::Error>> {
+    let (key, verifier) = ed25519()?;
+    let wrong_aud = Claims {
+        aud: "someone-else".into(),
+        ..claims(&[])
+    };
+    assert!(reason(verifier.verify(&key.sign(&wrong_aud)?).await).contains("wrong audience"));
+    let wrong_iss = Claims {
+        iss: "evil".into(),
+        ..claims(&[])
+    };
+    assert!(reason(verifier.verify(&key.sign(&wrong_iss)?).await).contains("wrong issuer"));
+
+    // Same kid, other key: a forged signature.
+    let token = key.sign(&claims(&["admin"]))?;
+    let other = SigningKey::generate_ed25519()?;
+    let forged_body = other.sign(&claims(&["admin"]))?;
+    let header = token.split('.').next().unwrap_or_default();
+    let rest: Vec<&str> = forged_body.split('.').skip(1).collect();
+    let forged = format!("{header}.{}", rest.join("."));
+    assert!(reason(verifier.verify(&forged).await).contains("bad signature"));
+
+    let (_, stranger) = ed25519()?;
+    assert!(reason(stranger.verify(&token).await).contains("unknown signing key"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn alg_none_and_algorithm_confusion_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+    let (key, verifier) = ed25519()?;
+    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(&["admin"]))?);
+    let kid = key.kid().unwrap_or_default();
+    let none_header =
+        URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","typ":"JWT","kid":"{kid}"}}"#));
+    assert!(
+        verifier
+            .verify(&format!("{none_header}.{body}."))
+            .await
+            .is_err()
+    );
+
+    // HS256 "signed" with the public key, which anyone can read from the JWKS.
+    let public = key
+        .public_jwk()
+        .map(|jwk| jwk.x.clone())
+        .unwrap_or_default();
+    let mut confused = SigningKey::shared_secret(public.as_bytes()).sign(&claims(&["admin"]))?;
+    assert!(reason(verifier.verify(&confused).await).contains("algorithm not accepted"));
+    let raw_public = URL_SAFE_NO_PAD.decode(&public)?;
+    confused = SigningKey::shared_secret(&raw_public).sign(&claims(&["admin"]))?;
+    assert!(reason(verifier.verify(&confused).await).contains("algorithm not accepted"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_shared_secret_mode_accepts_only_hs256_with_its_secret()
+-> Result<(), Box<dyn std::error::Error>> {
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let verifier = Verifier::with_secret(&config(), secret);
+    let token = SigningKey::shared_secret(secret).sign(&claims(&["user"]))?;
+    assert_eq!(verifier.verify(&token).await?, claims(&["user"]));
+    let other =
+        SigningKey::shared_secret(b"another-secret-another-secret-xx").sign(&claims(&[]))?;
+    assert!(reason(verifier.verify(&other).await).contains("bad signature"));
+    let ed = SigningKey::generate_ed25519()?.sign(&claims(&[]))?;
+    assert!(reason(verifier.verify(&ed).await).contains("algorithm not accepted"));
+    Ok(())
+}
+
+#[test]
+fn short_secrets_are_refused_at_start() {
+    let settings = crate::config::Settings::from_pairs([("JWT_SECRET", "too-short")]);
+    let error = AuthConfig::from_settings(&settings, "http://127.0.0.1:50052")
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("JWT_SECRET") && error.contains("32 bytes"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("too-short"),
+        "the secret is never echoed: {error}"
+    );
+}
+
+#[test]
+fn keys_survive_a_pem_round_trip_with_a_stable_kid() -> Result<(), KeyError> {
+    let key = SigningKey::generate_ed25519()?;
+    let pem = key.private_pem().unwrap_or_default();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    let again = SigningKey::from_ed25519_pem(pem.as_bytes())?;
+    assert_eq!(again.kid(), key.kid());
+    assert!(
+        SigningKey::from_ed25519_pem(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err()
+    );
+    Ok(())
+}
+
+#[test]
+fn bearer_tokens_are_parsed_strictly() {
+    let headers = |value: &str| {
+        let mut headers = http::HeaderMap::new();
+        if let Ok(value) = value.parse() {
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        headers
+    };
+    assert_eq!(bearer_token(&headers("Bearer abc")), Ok(Some("abc")));
+    assert_eq!(bearer_token(&headers("bearer abc")), Ok(Some("abc")));
+    assert_eq!(bearer_token(&http::HeaderMap::new()), Ok(None));
+    for bad in ["Basic abc", "Bearer", "Bearer ", "abc"] {
+        assert_eq!(
+            bearer_token(&headers(bad)),
+            Err(AuthError::MalformedHeader),
+            "{bad}"
+        );
+    }
+}
+
+/// Calls `method` on a policy-wrapped echo service that answers with the subject it saw.
+async fn call(
+    layer: &AuthLayer,
+    method: &str,
+    token: Option<&str>,
+) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let inner = tower::service_fn(|request: http::Request<()>| async move {
+        let subject = request
+            .extensions()
+            .get::<Claims>()
+            .map(|c| c.sub.clone())
+            .unwrap_or_default();
+        let mut response = http::Response::new(tonic::body::Body::empty());
+        response.headers_mut().insert(
+            "x-subject",
+            subject
+                .parse()
+                .unwrap_or(http::HeaderValue::from_static("?")),
+        );
+        Ok::<_, Infallible>(response)
+    });
+    let mut service = layer.layer(inner);
+    let mut request = http::Request::builder().uri(format!("/flotilla.test.v1.Test/{method}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = service.ready().await?.call(request.body(())?).await?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok((header("grpc-status"), header("x-subject")))
+}
+
+#[tokio::test]
+async fn the_layer_applies_the_policy() -> Result<(), Box<dyn std::error::Error>> {
+    let (key, verifier) = ed25519()?;
+    let policy = Policy::new()
+        .method("Open", Access::Public)
+        .method("Mine", Access::Authenticated)
+        .method("Manage", Access::ADMIN);
+    let layer = AuthLayer::new(verifier, policy);
+    let user = key.sign(&claims(&["user"]))?;
+    let admin = key.sign(&claims(&["user", "admin"]))?;
+    let unauthenticated = (tonic::Code::Unauthenticated as i32).to_string();
+    let denied = (tonic::Code::PermissionDenied as i32).to_string();
+
+    assert_eq!(
+        call(&layer, "Open", None).await?,
+        (String::new(), String::new())
+    );
+    assert_eq!(call(&layer, "Mine", None).await?.0, unauthenticated);
+    assert_eq!(
+        call(&layer, "Mine", Some("not.a.token")).await?.0,
+        unauthenticated
+    );
+    assert_eq!(
+        call(&layer, "Mine", Some(&user)).await?,
+        (String::new(), "user-1".into())
+    );
+    assert_eq!(call(&layer, "Manage", Some(&user)).await?.0, denied);
+    assert_eq!(
+        call(&layer, "Manage", Some(&admin)).await?,
+        (String::new(), "user-1".into())
+    );
+    assert_eq!(
+        call(&layer, "Unlisted", Some(&admin)).await?.0,
+        denied,
+        "a method without a rule is closed"
+    );
+    Ok(())
+}

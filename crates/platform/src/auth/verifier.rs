@@ -1,0 +1,240 @@
+//! Checks access tokens: signature, expiry with leeway, issuer, audience, and the algorithm the
+//! key source allows (EdDSA with published keys, HS256 with a shared secret), which rules out
+//! `alg: none` and algorithm confusion (an HS256 token "signed" with a public key).
+//!
+//! Published keys are fetched from the auth service's `GetJwks` on first use and again when a token
+//! names an unknown `kid` (a key rotation), at most once per [`MIN_REFRESH_INTERVAL`], so a flood of
+//! forged `kid`s cannot turn into a flood of calls; at most [`MAX_KEYS`] keys are kept.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use tokio::sync::{Mutex, RwLock};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use super::claims::Claims;
+use super::config::{AuthConfig, KeySource};
+use crate::proto::auth::v1 as auth_pb;
+use crate::proto::auth::v1::auth_service_client::AuthServiceClient;
+
+/// Shortest time between two JWKS fetches.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Most keys kept from a JWKS.
+pub const MAX_KEYS: usize = 16;
+const JWKS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a request is not let through. Messages say what is wrong, never what the token was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` header or metadata.
+    #[error("missing credentials: send `authorization: Bearer <access token>`")]
+    Missing,
+    /// The header is not `Bearer <token>`.
+    #[error("malformed authorization: expected `Bearer <access token>`")]
+    MalformedHeader,
+    /// The token does not verify.
+    #[error("invalid access token: {0}")]
+    Invalid(&'static str),
+    /// The token is valid but lacks the role the method needs.
+    #[error("permission denied: this needs the {0} role")]
+    Forbidden(&'static str),
+    /// The auth service's keys could not be fetched.
+    #[error("cannot verify tokens right now: the auth service's keys are unavailable")]
+    KeysUnavailable,
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        let message = error.to_string();
+        match error {
+            AuthError::Forbidden(_) => tonic::Status::permission_denied(message),
+            AuthError::KeysUnavailable => tonic::Status::unavailable(message),
+            AuthError::Missing | AuthError::MalformedHeader | AuthError::Invalid(_) => {
+                tonic::Status::unauthenticated(message)
+            }
+        }
+    }
+}
+
+/// Verifies access tokens for one component.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Keys,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum Keys {
+    Secret(DecodingKey),
+    Fixed(Arc<HashMap<String, DecodingKey>>),
+    Published(Arc<PublishedKeys>),
+}
+
+struct PublishedKeys {
+    client: AuthServiceClient<Channel>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+impl Verifier {
+    /// A verifier as `config` says. The auth service is reached lazily, on the first token.
+    ///
+    /// # Errors
+    /// [`AuthError::KeysUnavailable`] when the auth endpoint is not a valid URI.
+    pub fn new(config: &AuthConfig) -> Result<Self, AuthError> {
+        let keys = match &config.keys {
+            KeySource::SharedSecret(secret) => {
+                return Ok(Self::with_secret(config, secret.expose().as_bytes()));
+            }
+            KeySource::Jwks { auth_endpoint } => {
+                let channel = Endpoint::from_shared(auth_endpoint.clone())
+                    .map_err(|_| AuthError::KeysUnavailable)?
+                    .connect_timeout(JWKS_TIMEOUT)
+                    .timeout(JWKS_TIMEOUT)
+                    .connect_lazy();
+                Keys::Published(Arc::new(PublishedKeys {
+                    client: AuthServiceClient::new(channel),
+                    keys: RwLock::new(HashMap::new()),
+                    last_fetch: Mutex::new(None),
+                }))
+            }
+        };
+        Ok(Self {
+            keys,
+            validation: validation(config, Algorithm::EdDSA),
+        })
+    }
+
+    /// A verifier of HS256 tokens signed with `secret`.
+    pub fn with_secret(config: &AuthConfig, secret: &[u8]) -> Self {
+        Self {
+            keys: Keys::Secret(DecodingKey::from_secret(secret)),
+            validation: validation(config, Algorithm::HS256),
+        }
+    }
+
+    /// A verifier of EdDSA tokens with a fixed set of public keys by `kid`: what the auth service
+    /// uses for its own keys, and what tests use.
+    pub fn with_public_keys(config: &AuthConfig, keys: HashMap<String, DecodingKey>) -> Self {
+        Self {
+            keys: Keys::Fixed(Arc::new(keys)),
+            validation: validation(config, Algorithm::EdDSA),
+        }
+    }
+
+    /// Verifies `token` and returns its claims.
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`] naming what is wrong; [`AuthError::KeysUnavailable`] when published
+    /// keys are needed and cannot be fetched.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let key = match &self.keys {
+            Keys::Secret(key) => key.clone(),
+            Keys::Fixed(keys) => {
+                let kid = ed25519_kid(token)?;
+                keys.get(&kid)
+                    .cloned()
+                    .ok_or(AuthError::Invalid("unknown signing key"))?
+            }
+            Keys::Published(published) => published.key(&ed25519_kid(token)?).await?,
+        };
+        jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|error| describe(error.kind()))
+    }
+}
+
+impl PublishedKeys {
+    async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+        if let Some(key) = self.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        self.refresh().await?;
+        self.keys
+            .read()
+            .await
+            .get(kid)
+            .cloned()
+            .ok_or(AuthError::Invalid("unknown signing key"))
+    }
+
+    /// Fetches the JWKS unless it was fetched less than [`MIN_REFRESH_INTERVAL`] ago. Holding the
+    /// lock across the fetch makes concurrent requests for the same new `kid` share one call.
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let mut last_fetch = self.last_fetch.lock().await;
+        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
+            return Ok(());
+        }
+        let response = self
+            .client
+            .clone()
+            .get_jwks(auth_pb::GetJwksRequest {})
+            .await
+            .map_err(|status| {
+                tracing::warn!(code = ?status.code(), message = status.message(), "fetching the JWKS failed");
+                AuthError::KeysUnavailable
+            })?;
+        *last_fetch = Some(Instant::now());
+        let keys: HashMap<String, DecodingKey> = response
+            .into_inner()
+            .keys
+            .into_iter()
+            .filter(|jwk| jwk.kty == "OKP" && jwk.crv == "Ed25519" && !jwk.kid.is_empty())
+            .take(MAX_KEYS)
+            .filter_map(|jwk| Some((jwk.kid, DecodingKey::from_ed_components(&jwk.x).ok()?)))
+            .collect();
+        tracing::info!(keys = keys.len(), "fetched the auth service's signing keys");
+        *self.keys.write().await = keys;
+        Ok(())
+    }
+}
+
+/// The `kid` of an EdDSA token; any other algorithm is refused before a key is looked up.
+fn ed25519_kid(token: &str) -> Result<String, AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|error| describe(error.kind()))?;
+    if header.alg != Algorithm::EdDSA {
+        return Err(AuthError::Invalid("signing algorithm not accepted"));
+    }
+    header
+        .kid
+        .ok_or(AuthError::Invalid("token names no signing key (kid)"))
+}
+
+/// The checks every token passes: `algorithm` only, expiry with leeway, issuer, audience, and the
+/// claims Flotilla's tokens always carry.
+fn validation(config: &AuthConfig, algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = config.leeway.as_secs();
+    validation.set_issuer(&[config.issuer.as_str()]);
+    validation.set_audience(&[config.audience.as_str()]);
+    validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud", "jti"]);
+    validation
+}
+
+/// What went wrong with a token, in words for the caller.
+fn describe(kind: &ErrorKind) -> AuthError {
+    AuthError::Invalid(match kind {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "signing algorithm not accepted"
+        }
+        ErrorKind::ImmatureSignature => "token not valid yet",
+        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+        _ => "malformed token",
+    })
+}
