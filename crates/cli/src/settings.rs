@@ -46,17 +46,23 @@ const GATEWAY_ADMIN_PORT: u16 = 9080;
 /// by each (a test keeps this list equal to what the components really read).
 const ALL_SETTINGS: &[&str] = &[
     "DATABASE_URL",
+    "FLOTILLA_AUTH_ENDPOINT",
     "FLOTILLA_DRAIN_TIMEOUT",
     "FLOTILLA_GATEWAY_ADMIN_ADDR",
     "FLOTILLA_GATEWAY_HTTP_ADDR",
-    "FLOTILLA_GATEWAY_PRODUCT_ENDPOINT",
     "FLOTILLA_GATEWAY_TIMEOUT",
+    "FLOTILLA_JWT_AUDIENCE",
+    "FLOTILLA_JWT_ISSUER",
+    "FLOTILLA_JWT_LEEWAY",
     "FLOTILLA_LOG_FORMAT",
     "FLOTILLA_PRODUCT_ADMIN_ADDR",
+    "FLOTILLA_PRODUCT_ENDPOINT",
     "FLOTILLA_PRODUCT_DATABASE_URL",
     "FLOTILLA_PRODUCT_DB_MAX_CONNECTIONS",
     "FLOTILLA_PRODUCT_GRPC_ADDR",
     "FLOTILLA_PRODUCT_SEED_DEMO",
+    "FLOTILLA_USER_ENDPOINT",
+    "JWT_SECRET",
     "RUST_LOG",
 ];
 
@@ -96,7 +102,7 @@ impl SystemConfig {
         let product_db_default = platform::database::sqlite_url(&data_dir.join("product.db"));
         let settings = match mode {
             Mode::Up { .. } => settings.with_default(
-                "FLOTILLA_GATEWAY_PRODUCT_ENDPOINT",
+                "FLOTILLA_PRODUCT_ENDPOINT",
                 format!("http://{}", at(PRODUCT_GRPC_PORT)),
             ),
             Mode::Serve(_) => settings,

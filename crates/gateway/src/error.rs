@@ -19,6 +19,8 @@ pub struct ApiError {
     code: Code,
     status: StatusCode,
     message: String,
+    /// Seconds the client should wait, for 429 and 503 (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             status: http_status(code),
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl ApiError {
             code,
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -65,7 +69,16 @@ impl ApiError {
             Code::DeadlineExceeded => format!("the {service} service did not answer in time"),
             _ => status.message().to_owned(),
         };
-        Self::new(code, message)
+        // A service that says when to come back (the auth service's login limit) is passed on.
+        let retry_after = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        Self {
+            retry_after,
+            ..Self::new(code, message)
+        }
     }
 
     /// The HTTP status for this error.
@@ -118,6 +131,13 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
+impl From<platform::auth::AuthError> for ApiError {
+    fn from(error: platform::auth::AuthError) -> Self {
+        let status = tonic::Status::from(error);
+        Self::new(status.code(), status.message())
+    }
+}
+
 /// Rewrites the plain-text errors that axum and tower-http produce before a handler runs (405 for a
 /// method a route lacks, 413 from the body limit) into the API's JSON error shape.
 pub async fn json_errors(response: Response) -> Response {
@@ -160,9 +180,16 @@ impl IntoResponse for ApiError {
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
+            let seconds = self.retry_after.unwrap_or(1).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: say which scheme to use.
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

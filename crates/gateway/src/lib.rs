@@ -4,22 +4,27 @@
 //! [`router`] builds the axum app from its state, so tests drive it without a socket; [`spawn`]
 //! binds the public and admin listeners and runs it with a graceful drain.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod json;
+pub mod openapi;
 pub mod routes;
+pub mod state;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 pub use config::GatewayConfig;
-use platform::admin::{self, Readiness};
-use platform::proto::product::v1::product_service_client::ProductServiceClient;
+use platform::admin;
+use platform::auth::Verifier;
 use platform::shutdown::{
     self, BoundAddrs, CancellationToken, ComponentError, Running, Supervisor,
 };
+pub use state::{AppState, Upstreams};
 use tonic::transport::{Channel, Endpoint};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
@@ -29,45 +34,27 @@ use crate::error::ApiError;
 /// How long the gateway waits for a TCP connection to a service.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What every handler shares: clients of the services and the per-request deadline.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    products: ProductServiceClient<Channel>,
-    deadline: Duration,
-    readiness: Readiness,
-}
-
-impl AppState {
-    /// State with a product service client on `product_channel`.
-    pub fn new(product_channel: Channel, deadline: Duration) -> Self {
-        Self {
-            products: ProductServiceClient::new(product_channel),
-            deadline,
-            readiness: Readiness::new(),
-        }
-    }
-
-    /// A client of the product service.
-    pub fn products(&self) -> ProductServiceClient<Channel> {
-        self.products.clone()
-    }
-
-    /// Wraps a message in a request carrying the route's deadline as `grpc-timeout`, so the service
-    /// stops working on it when the gateway has stopped waiting.
-    pub fn with_deadline<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.deadline);
-        request
-    }
-}
-
 /// The gateway's routes and layers, over `state`.
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    use routes::{auth, products, users};
     let readiness = state.readiness.clone();
     Router::new()
-        .route("/v1/products", get(routes::products::list))
-        .route("/v1/products/{id}", get(routes::products::get))
+        .route("/v1/products", get(products::list).post(products::create))
+        .route(
+            "/v1/products/{id}",
+            get(products::get)
+                .patch(products::update)
+                .delete(products::delete),
+        )
+        .route("/v1/users", get(users::list).post(users::sign_up))
+        .route("/v1/users/me", get(users::me))
+        .route("/v1/users/{id}", get(users::get))
+        .route("/v1/auth/login", axum::routing::post(auth::login))
+        .route("/v1/auth/refresh", axum::routing::post(auth::refresh))
+        .route("/v1/auth/logout", axum::routing::post(auth::logout))
+        .route("/.well-known/jwks.json", get(auth::jwks))
         .with_state(state)
+        .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(admin::health))
         .route("/readyz", get(admin::ready).with_state(readiness))
         .fallback(not_found)
@@ -109,9 +96,19 @@ pub fn channel(endpoint: &str) -> Result<Channel, ComponentError> {
 /// # Errors
 /// [`ComponentError`] when a listener cannot be bound or an endpoint is invalid.
 pub async fn spawn(config: GatewayConfig) -> Result<Running, ComponentError> {
-    let state = AppState::new(channel(&config.product_endpoint)?, config.request_timeout);
+    let upstreams = Upstreams {
+        product: channel(&config.product_endpoint)?,
+        user: channel(&config.user_endpoint)?,
+        auth: channel(&config.auth_endpoint)?,
+    };
+    let verifier = Verifier::new(&config.auth).map_err(|error| ComponentError::Serve {
+        component: "gateway".into(),
+        reason: error.to_string(),
+    })?;
+    let state = AppState::new(upstreams, verifier, config.request_timeout);
     let readiness = state.readiness.clone();
-    let app = router(state, config.body_limit);
+    // Connection info gives handlers the client's address (failed logins are limited per address).
+    let app = router(state, config.body_limit).into_make_service_with_connect_info::<SocketAddr>();
 
     let http_listener = shutdown::bind("gateway HTTP", config.http_addr).await?;
     let admin_listener = shutdown::bind("gateway admin", config.admin_addr).await?;

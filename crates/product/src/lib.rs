@@ -13,9 +13,21 @@ pub mod store;
 
 pub use config::ProductConfig;
 pub use grpc::ProductApi;
+use platform::auth::{Access, Policy};
 use platform::database::{Database, DatabaseError};
 use platform::proto::product::v1::product_service_server::ProductServiceServer;
 pub use store::ProductStore;
+
+/// Who may call what: reads are public, writes are for administrators (PERMISSION_DENIED for
+/// anyone else). The binary wraps the service in `platform::auth::AuthLayer` with this policy.
+pub fn policy() -> Policy {
+    Policy::new()
+        .method("GetProduct", Access::Public)
+        .method("ListProducts", Access::Public)
+        .method("CreateProduct", Access::ADMIN)
+        .method("UpdateProduct", Access::ADMIN)
+        .method("DeleteProduct", Access::ADMIN)
+}
 
 /// The product service, ready to serve.
 #[derive(Debug)]
@@ -59,4 +71,14 @@ pub async fn build(config: &ProductConfig) -> Result<BuiltProduct, BuildError> {
         service: ProductServiceServer::new(ProductApi::new(store)),
         database,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every method of `ProductService` has a rule, and every rule a method.
+    #[test]
+    fn the_policy_covers_every_method() {
+        let mismatches = super::policy().mismatches("flotilla.product.v1.ProductService");
+        assert!(mismatches.is_empty(), "{mismatches:?}");
+    }
 }

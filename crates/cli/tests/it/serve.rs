@@ -1,5 +1,5 @@
 //! `flotilla serve` runs one component as a container would: the product service on PostgreSQL
-//! (`DATABASE_URL`), and the gateway told where it is by `FLOTILLA_GATEWAY_PRODUCT_ENDPOINT`.
+//! (`DATABASE_URL`), and the gateway told where it is by `FLOTILLA_PRODUCT_ENDPOINT`.
 
 use platform::proto::product::v1 as pb;
 use platform::proto::product::v1::product_service_client::ProductServiceClient;
@@ -40,7 +40,7 @@ async fn serve_product_on_postgres_behind_serve_gateway() -> TestResult {
         "gateway",
         gateway_dir.path(),
         &[
-            ("FLOTILLA_GATEWAY_PRODUCT_ENDPOINT", endpoint.as_str()),
+            ("FLOTILLA_PRODUCT_ENDPOINT", endpoint.as_str()),
             ("FLOTILLA_GATEWAY_HTTP_ADDR", ANY_PORT),
             ("FLOTILLA_GATEWAY_ADMIN_ADDR", ANY_PORT),
         ],

@@ -1,16 +1,20 @@
 //! The gateway's integration tests: its router in front of a real product service (SQLite, demo
-//! catalogue) on a port-0 listener, driven without a socket on the HTTP side.
+//! catalogue, behind its access policy) on a port-0 listener, driven without a socket on the HTTP
+//! side. Tokens are signed with a key made here, which both the gateway and the service trust.
+
+mod writes;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::{AppState, router};
+use gateway::{AppState, Upstreams, router};
+use platform::auth::{AuthConfig, AuthLayer, Claims, KeySource, SigningKey, Verifier};
 use platform::serve::{GrpcServer, ServeConfig};
 use platform::shutdown::Running;
 use serde_json::Value;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -35,19 +39,83 @@ async fn product_service() -> Result<Upstream, Box<dyn std::error::Error + Send 
         admin_addr: any_port,
         drain_timeout: Duration::from_secs(5),
     };
+    let service = AuthLayer::new(keys().verifier.clone(), product::policy()).layer(built.service);
     let running = GrpcServer::new("product", serve)
-        .add_service(built.service)
+        .add_service(service)
         .spawn()
         .await?;
     Ok(Upstream { running, _dir: dir })
 }
 
+/// The key every test token is signed with, and the verifier that trusts it.
+struct Keys {
+    signing: SigningKey,
+    verifier: Verifier,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let signing = SigningKey::generate_ed25519().unwrap_or_else(|error| panic!("{error}"));
+        let mut public = std::collections::HashMap::new();
+        if let (Some(kid), Some(key)) = (signing.kid(), signing.decoding_key()) {
+            public.insert(kid.to_owned(), key);
+        }
+        let config = AuthConfig {
+            keys: KeySource::Jwks {
+                auth_endpoint: "http://127.0.0.1:9".into(),
+            },
+            issuer: "flotilla-auth".into(),
+            audience: "flotilla".into(),
+            leeway: Duration::from_secs(30),
+        };
+        Keys {
+            verifier: Verifier::with_public_keys(&config, public),
+            signing,
+        }
+    })
+}
+
+/// An access token for `sub` with `roles`, valid for `lifetime_secs` (negative: expired).
+fn token(sub: &str, roles: &[&str], lifetime_secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: sub.into(),
+        roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+        iat: now,
+        exp: now.saturating_add_signed(lifetime_secs),
+        jti: format!("jti-{sub}-{lifetime_secs}"),
+        iss: "flotilla-auth".into(),
+        aud: "flotilla".into(),
+    };
+    keys()
+        .signing
+        .sign(&claims)
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
 fn app_for(
     product_addr: SocketAddr,
 ) -> Result<axum::Router, Box<dyn std::error::Error + Send + Sync>> {
+    app_with_deadline(product_addr, Duration::from_secs(3))
+}
+
+fn app_with_deadline(
+    product_addr: SocketAddr,
+    deadline: Duration,
+) -> Result<axum::Router, Box<dyn std::error::Error + Send + Sync>> {
     let channel = gateway::channel(&format!("http://{product_addr}"))?;
+    // Only the product routes are exercised here; the others point at the same channel.
+    let upstreams = Upstreams {
+        product: channel.clone(),
+        user: channel.clone(),
+        auth: channel,
+    };
     Ok(router(
-        AppState::new(channel, Duration::from_secs(3)),
+        AppState::new(upstreams, keys().verifier.clone(), deadline),
         BODY_LIMIT,
     ))
 }
@@ -260,11 +328,7 @@ async fn a_service_that_misses_the_deadline_is_504() -> TestResult {
             held.push(stream);
         }
     });
-    let channel = gateway::channel(&format!("http://{addr}"))?;
-    let app = router(
-        AppState::new(channel, Duration::from_millis(200)),
-        BODY_LIMIT,
-    );
+    let app = app_with_deadline(addr, Duration::from_millis(200))?;
     let (status, _, json) = get(&app, "/v1/products").await?;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{json}");
     assert_error(&json, 504, "DEADLINE_EXCEEDED");

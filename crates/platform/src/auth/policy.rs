@@ -54,8 +54,48 @@ impl Policy {
         self.rules.get(method).copied()
     }
 
-    /// The methods that have a rule, for tests that check a policy covers a whole service.
+    /// The methods that have a rule.
     pub fn methods(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.rules.keys().copied()
+    }
+
+    /// The methods of `service` (a full name such as `flotilla.product.v1.ProductService`) in
+    /// Flotilla's contracts that have no rule, and the rules that name no method of it: what a
+    /// service's test asserts is empty, so a new RPC is never closed (or opened) by accident.
+    pub fn mismatches(&self, service: &str) -> Vec<String> {
+        let Ok(descriptors) = <prost_types::FileDescriptorSet as prost::Message>::decode(
+            crate::proto::FILE_DESCRIPTOR_SET,
+        ) else {
+            return vec!["the compiled descriptor set does not decode".to_owned()];
+        };
+        let declared: Vec<String> = descriptors
+            .file
+            .iter()
+            .flat_map(|file| {
+                let package = file.package().to_owned();
+                file.service
+                    .iter()
+                    .map(move |declared| (package.clone(), declared))
+            })
+            .filter(|(package, declared)| format!("{package}.{}", declared.name()) == service)
+            .flat_map(|(_, declared)| {
+                declared
+                    .method
+                    .iter()
+                    .map(|method| method.name().to_owned())
+            })
+            .collect();
+        let mut mismatches: Vec<String> = declared
+            .iter()
+            .filter(|method| !self.rules.contains_key(method.as_str()))
+            .map(|method| format!("{method} has no rule"))
+            .collect();
+        mismatches.extend(
+            self.rules
+                .keys()
+                .filter(|method| !declared.iter().any(|name| name == *method))
+                .map(|method| format!("{method} is not a method of {service}")),
+        );
+        mismatches
     }
 }

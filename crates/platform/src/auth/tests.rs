@@ -285,3 +285,19 @@ async fn the_layer_applies_the_policy() -> Result<(), Box<dyn std::error::Error>
     );
     Ok(())
 }
+
+#[test]
+fn policies_are_checked_against_the_contracts() {
+    let empty = Policy::new().mismatches("flotilla.product.v1.ProductService");
+    assert!(
+        empty.iter().any(|m| m == "GetProduct has no rule"),
+        "{empty:?}"
+    );
+    let stray = Policy::new()
+        .method("Nope", Access::Public)
+        .mismatches("flotilla.product.v1.ProductService");
+    assert!(
+        stray.iter().any(|m| m.starts_with("Nope is not a method")),
+        "{stray:?}"
+    );
+}

@@ -166,7 +166,12 @@ impl Settings {
     }
 
     fn record(&self, name: &str, value: &str, origin: Origin) {
-        let shown = redact(name, value);
+        self.lookups_insert(name, &redact(name, value), origin);
+    }
+
+    /// Records a lookup with `shown` exactly as it will be printed (already redacted).
+    fn lookups_insert(&self, name: &str, shown: &str, origin: Origin) {
+        let shown = shown.to_owned();
         if let Ok(mut lookups) = self.lookups.lock() {
             lookups.insert(
                 name.to_owned(),
@@ -325,7 +330,10 @@ impl Settings {
     /// [`ConfigError::Invalid`] when set but empty or only whitespace.
     pub fn optional_secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
         match self.raw(name) {
-            None => Ok(None),
+            None => {
+                self.lookups_insert(name, "(not set)", Origin::Default);
+                Ok(None)
+            }
             Some((value, origin)) if value.trim().is_empty() => Err(ConfigError::Invalid {
                 name: name.to_owned(),
                 value: String::new(),

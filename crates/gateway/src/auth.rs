@@ -1,0 +1,60 @@
+//! Who is calling, checked at the gateway: handlers that need a user take [`Bearer`], handlers for
+//! administrators take [`Admin`], so a signature shows what a route needs. The token is verified
+//! here (no call to the auth service per request) and forwarded to the services, which check it
+//! again.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use platform::auth::{AuthError, Claims, ROLE_ADMIN, bearer_token};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A caller with a verified access token.
+#[derive(Debug, Clone)]
+pub struct Bearer {
+    claims: Claims,
+    token: String,
+}
+
+impl Bearer {
+    /// The verified claims.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// The token, to forward to a service; never log it.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers)?.ok_or(AuthError::Missing)?;
+        let claims = state.verifier.verify(token).await?;
+        Ok(Self {
+            claims,
+            token: token.to_owned(),
+        })
+    }
+}
+
+/// A caller with a verified access token and the admin role.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Bearer);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let bearer = Bearer::from_request_parts(parts, state).await?;
+        if bearer.claims.is_admin() {
+            Ok(Self(bearer))
+        } else {
+            Err(AuthError::Forbidden(ROLE_ADMIN).into())
+        }
+    }
+}

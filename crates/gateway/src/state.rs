@@ -1,0 +1,91 @@
+//! What every handler shares: gRPC clients of the services, the token verifier, the per-request
+//! deadline, and the readiness flag.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::admin::Readiness;
+use platform::auth::Verifier;
+use platform::proto::auth::v1::auth_service_client::AuthServiceClient;
+use platform::proto::product::v1::product_service_client::ProductServiceClient;
+use platform::proto::user::v1::user_service_client::UserServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::auth::Bearer;
+
+/// Channels to the services the gateway calls.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    /// The product service.
+    pub product: Channel,
+    /// The user service.
+    pub user: Channel,
+    /// The auth service.
+    pub auth: Channel,
+}
+
+/// Shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    upstreams: Upstreams,
+    pub(crate) verifier: Verifier,
+    deadline: Duration,
+    pub(crate) readiness: Readiness,
+}
+
+impl AppState {
+    /// State over `upstreams`, checking tokens with `verifier`, giving each request `deadline`.
+    pub fn new(upstreams: Upstreams, verifier: Verifier, deadline: Duration) -> Self {
+        Self {
+            upstreams,
+            verifier,
+            deadline,
+            readiness: Readiness::new(),
+        }
+    }
+
+    /// A client of the product service.
+    pub fn products(&self) -> ProductServiceClient<Channel> {
+        ProductServiceClient::new(self.upstreams.product.clone())
+    }
+
+    /// A client of the user service.
+    pub fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.upstreams.user.clone())
+    }
+
+    /// A client of the auth service.
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.upstreams.auth.clone())
+    }
+
+    /// Wraps a message in a request carrying the route's deadline as `grpc-timeout`, so the service
+    /// stops working on it when the gateway has stopped waiting.
+    pub fn with_deadline<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.deadline);
+        request
+    }
+
+    /// As [`AppState::with_deadline`], forwarding the caller's token: the service checks it again.
+    pub fn as_caller<T>(&self, bearer: &Bearer, message: T) -> tonic::Request<T> {
+        let mut request = self.with_deadline(message);
+        if let Ok(value) = MetadataValue::try_from(format!("Bearer {}", bearer.token())) {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// As [`AppState::with_deadline`], telling the service which address the request came from
+    /// (the auth service limits failed logins per address).
+    pub fn from_client<T>(&self, client: Option<SocketAddr>, message: T) -> tonic::Request<T> {
+        let mut request = self.with_deadline(message);
+        if let Some(address) = client
+            && let Ok(value) = MetadataValue::try_from(address.ip().to_string())
+        {
+            request.metadata_mut().insert("x-forwarded-for", value);
+        }
+        request
+    }
+}
