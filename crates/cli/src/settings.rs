@@ -9,15 +9,22 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use auth::AuthServiceConfig;
 use gateway::GatewayConfig;
+use platform::auth::AuthConfig;
 use platform::config::{ConfigError, Settings};
 use platform::serve::ServeConfig;
 use platform::telemetry::{LogConfig, LogFormat};
 use product::ProductConfig;
+use user::UserConfig;
 
 /// The components that can run alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Component {
+    /// The user service (gRPC).
+    User,
+    /// The auth service (gRPC).
+    Auth,
     /// The product service (gRPC).
     Product,
     /// The HTTP/JSON gateway.
@@ -37,46 +44,84 @@ pub enum Mode {
 }
 
 /// Ports shared by both modes; `up` binds them on loopback, `serve` on every interface.
-const PRODUCT_GRPC_PORT: u16 = 50053;
-const PRODUCT_ADMIN_PORT: u16 = 9083;
-const GATEWAY_HTTP_PORT: u16 = 8080;
-const GATEWAY_ADMIN_PORT: u16 = 9080;
+const USER_PORTS: (u16, u16) = (50051, 9081);
+const AUTH_PORTS: (u16, u16) = (50052, 9082);
+const PRODUCT_PORTS: (u16, u16) = (50053, 9083);
+const GATEWAY_PORTS: (u16, u16) = (8080, 9080);
+
+/// The name of the signing key file `up` keeps in its data directory.
+pub const UP_KEY_FILE: &str = "jwt-ed25519.pem";
 
 /// Every setting any component reads, so a settings file shared by several components is accepted
 /// by each (a test keeps this list equal to what the components really read).
 const ALL_SETTINGS: &[&str] = &[
     "DATABASE_URL",
+    "FLOTILLA_ADMIN_EMAIL",
+    "FLOTILLA_ADMIN_PASSWORD",
+    "FLOTILLA_ARGON2_ITERATIONS",
+    "FLOTILLA_ARGON2_MEMORY_KIB",
+    "FLOTILLA_ARGON2_PARALLELISM",
+    "FLOTILLA_AUTH_ADMIN_ADDR",
+    "FLOTILLA_AUTH_DATABASE_URL",
+    "FLOTILLA_AUTH_DB_MAX_CONNECTIONS",
     "FLOTILLA_AUTH_ENDPOINT",
+    "FLOTILLA_AUTH_GRPC_ADDR",
     "FLOTILLA_DRAIN_TIMEOUT",
     "FLOTILLA_GATEWAY_ADMIN_ADDR",
     "FLOTILLA_GATEWAY_HTTP_ADDR",
     "FLOTILLA_GATEWAY_TIMEOUT",
     "FLOTILLA_JWT_AUDIENCE",
     "FLOTILLA_JWT_ISSUER",
+    "FLOTILLA_JWT_KEY_FILE",
     "FLOTILLA_JWT_LEEWAY",
+    "FLOTILLA_JWT_PREVIOUS_KEY_FILE",
+    "FLOTILLA_LOGIN_MAX_FAILURES",
+    "FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS",
+    "FLOTILLA_LOGIN_WINDOW",
     "FLOTILLA_LOG_FORMAT",
     "FLOTILLA_PRODUCT_ADMIN_ADDR",
-    "FLOTILLA_PRODUCT_ENDPOINT",
     "FLOTILLA_PRODUCT_DATABASE_URL",
     "FLOTILLA_PRODUCT_DB_MAX_CONNECTIONS",
+    "FLOTILLA_PRODUCT_ENDPOINT",
     "FLOTILLA_PRODUCT_GRPC_ADDR",
     "FLOTILLA_PRODUCT_SEED_DEMO",
+    "FLOTILLA_REFRESH_EXPIRY",
+    "FLOTILLA_USER_ADMIN_ADDR",
+    "FLOTILLA_USER_DATABASE_URL",
+    "FLOTILLA_USER_DB_MAX_CONNECTIONS",
     "FLOTILLA_USER_ENDPOINT",
+    "FLOTILLA_USER_GRPC_ADDR",
+    "JWT_ACCESS_EXPIRY",
     "JWT_SECRET",
     "RUST_LOG",
 ];
+
+/// A gRPC service's listeners and its own settings.
+#[derive(Debug, Clone)]
+pub struct ServiceParts<C> {
+    /// Where it listens.
+    pub serve: ServeConfig,
+    /// The service's settings.
+    pub config: C,
+}
 
 /// Everything one run needs, parsed and checked before anything starts.
 #[derive(Debug)]
 pub struct SystemConfig {
     /// How the binary runs.
     pub mode: Mode,
-    /// Where SQLite files and endpoints.json live.
+    /// Where SQLite files, the signing key of `up` and endpoints.json live.
     pub data_dir: PathBuf,
     /// Logging.
     pub log: LogConfig,
+    /// How the gRPC services verify the tokens they are sent.
+    pub verification: AuthConfig,
+    /// The user service, when this run has it.
+    pub user: Option<ServiceParts<UserConfig>>,
+    /// The auth service, when this run has it.
+    pub auth: Option<ServiceParts<AuthServiceConfig>>,
     /// The product service, when this run has it.
-    pub product: Option<(ServeConfig, ProductConfig)>,
+    pub product: Option<ServiceParts<ProductConfig>>,
     /// The gateway, when this run has it.
     pub gateway: Option<GatewayConfig>,
     settings: Settings,
@@ -99,13 +144,25 @@ impl SystemConfig {
                 (host, port).into()
             }
         };
-        let product_db_default = platform::database::sqlite_url(&data_dir.join("product.db"));
-        let settings = match mode {
-            Mode::Up { .. } => settings.with_default(
-                "FLOTILLA_PRODUCT_ENDPOINT",
-                format!("http://{}", at(PRODUCT_GRPC_PORT)),
-            ),
-            Mode::Serve(_) => settings,
+        let up = matches!(mode, Mode::Up { .. });
+        let settings = if up {
+            // One process: each service is where `up` binds it (port-0 addresses are filled in
+            // once bound).
+            settings
+                .with_default(
+                    "FLOTILLA_USER_ENDPOINT",
+                    format!("http://{}", at(USER_PORTS.0)),
+                )
+                .with_default(
+                    "FLOTILLA_AUTH_ENDPOINT",
+                    format!("http://{}", at(AUTH_PORTS.0)),
+                )
+                .with_default(
+                    "FLOTILLA_PRODUCT_ENDPOINT",
+                    format!("http://{}", at(PRODUCT_PORTS.0)),
+                )
+        } else {
+            settings
         };
         let default_log = match mode {
             Mode::Up { .. } if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
@@ -114,42 +171,71 @@ impl SystemConfig {
             _ => LogFormat::Json,
         };
         let log = LogConfig::from_settings(&settings, default_log)?;
-
         let runs = |component: Component| match mode {
             Mode::Up { .. } => true,
             Mode::Serve(only) => only == component,
         };
-        let product = if runs(Component::Product) {
-            let mut serve = ServeConfig::from_settings(
-                &settings,
-                "product",
-                at(PRODUCT_GRPC_PORT),
-                at(PRODUCT_ADMIN_PORT),
-            )?;
-            let (database_variable, seed_demo) = match mode {
-                Mode::Up { .. } => ("FLOTILLA_PRODUCT_DATABASE_URL", true),
-                Mode::Serve(_) => ("DATABASE_URL", false),
+        // `up` gives each service its own SQLite file; `serve` reads the one DATABASE_URL.
+        let database = |service: &str| -> (String, String) {
+            let variable = if up {
+                format!("FLOTILLA_{}_DATABASE_URL", service.to_ascii_uppercase())
+            } else {
+                "DATABASE_URL".to_owned()
             };
-            let product = ProductConfig::from_settings(
-                &settings,
-                database_variable,
-                &product_db_default,
-                seed_demo,
-            )?;
+            (
+                variable,
+                platform::database::sqlite_url(&data_dir.join(format!("{service}.db"))),
+            )
+        };
+        let serve = |service: &str,
+                     (grpc, admin): (u16, u16)|
+         -> Result<ServeConfig, ConfigError> {
+            let mut serve = ServeConfig::from_settings(&settings, service, at(grpc), at(admin))?;
             if ephemeral {
                 serve.grpc_addr = at(0);
                 serve.admin_addr = at(0);
             }
-            Some((serve, product))
+            Ok(serve)
+        };
+
+        let verification =
+            AuthConfig::from_settings(&settings, gateway::config::DEFAULT_AUTH_ENDPOINT)?;
+        let user = if runs(Component::User) {
+            let (variable, default_url) = database("user");
+            Some(ServiceParts {
+                serve: serve("user", USER_PORTS)?,
+                config: UserConfig::from_settings(&settings, &variable, &default_url)?,
+            })
+        } else {
+            None
+        };
+        let auth = if runs(Component::Auth) {
+            let (variable, default_url) = database("auth");
+            let default_key_file = up.then(|| data_dir.join(UP_KEY_FILE));
+            Some(ServiceParts {
+                serve: serve("auth", AUTH_PORTS)?,
+                config: AuthServiceConfig::from_settings(
+                    &settings,
+                    &variable,
+                    &default_url,
+                    default_key_file.as_deref(),
+                )?,
+            })
+        } else {
+            None
+        };
+        let product = if runs(Component::Product) {
+            let (variable, default_url) = database("product");
+            Some(ServiceParts {
+                serve: serve("product", PRODUCT_PORTS)?,
+                config: ProductConfig::from_settings(&settings, &variable, &default_url, up)?,
+            })
         } else {
             None
         };
         let gateway = if runs(Component::Gateway) {
-            let mut gateway = GatewayConfig::from_settings(
-                &settings,
-                at(GATEWAY_HTTP_PORT),
-                at(GATEWAY_ADMIN_PORT),
-            )?;
+            let mut gateway =
+                GatewayConfig::from_settings(&settings, at(GATEWAY_PORTS.0), at(GATEWAY_PORTS.1))?;
             if ephemeral {
                 gateway.http_addr = at(0);
                 gateway.admin_addr = at(0);
@@ -163,6 +249,9 @@ impl SystemConfig {
             mode,
             data_dir: data_dir.to_path_buf(),
             log,
+            verification,
+            user,
+            auth,
             product,
             gateway,
             settings,
@@ -206,7 +295,10 @@ mod tests {
                 listen_ephemeral: false,
             },
         )?;
-        let (serve, product) = config.product.ok_or("up runs the product service")?;
+        let ServiceParts {
+            serve,
+            config: product,
+        } = config.product.ok_or("up runs the product service")?;
         assert_eq!(serve.grpc_addr, "127.0.0.1:50053".parse::<SocketAddr>()?);
         assert_eq!(product.database_url, "sqlite:///srv/f/product.db");
         assert!(product.seed_demo);
@@ -221,7 +313,10 @@ mod tests {
         let config =
             SystemConfig::parse(settings, Path::new("data"), Mode::Serve(Component::Product))?;
         assert!(config.gateway.is_none());
-        let (serve, product) = config
+        let ServiceParts {
+            serve,
+            config: product,
+        } = config
             .product
             .ok_or("serve product runs the product service")?;
         assert_eq!(serve.grpc_addr.ip().to_string(), "0.0.0.0");
@@ -253,6 +348,7 @@ mod tests {
             Mode::Up {
                 listen_ephemeral: false,
             },
+            Mode::Serve(Component::User),
             Mode::Serve(Component::Product),
             Mode::Serve(Component::Gateway),
         ] {

@@ -1,15 +1,19 @@
 //! Starts the components of a run, writes where they listen, waits for a stop signal, and stops
 //! them front to back: the gateway first, so none of its in-flight calls loses the service it is
-//! waiting on, then the services, then their databases.
+//! waiting on, then the services (auth before the user service it calls), then their databases.
+//! Every gRPC service sits behind its access policy (`platform::auth::AuthLayer`).
 
 use std::path::Path;
 
 use anyhow::Context as _;
+use auth::config::SigningConfig;
 use futures::future::select_all;
+use platform::auth::{AuthLayer, KeySource, Verifier};
 use platform::database::Database;
-use platform::serve::GrpcServer;
+use platform::serve::{GrpcServer, Listeners, ServeConfig};
 use platform::shutdown::{Running, Signals};
 use serde_json::json;
+use tower::Layer as _;
 
 use crate::settings::{Mode, SystemConfig};
 
@@ -64,35 +68,115 @@ pub async fn run(config: SystemConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the services, then the gateway in front of them, in `running` in start order.
+/// Starts the services, then the gateway in front of them, in `running` in start order: user,
+/// auth (which calls the user service), product, gateway. Every service's listeners are bound
+/// first, so services that call each other know where, even on port 0.
 async fn start(
     config: &SystemConfig,
     running: &mut Vec<Running>,
     databases: &mut Vec<Database>,
 ) -> anyhow::Result<()> {
-    let mut product_addr = None;
-    if let Some((serve, product_config)) = &config.product {
-        let built = product::build(product_config)
+    let up = matches!(config.mode, Mode::Up { .. });
+    let user_listeners = bind("user", config.user.as_ref().map(|parts| &parts.serve)).await?;
+    let auth_listeners = bind("auth", config.auth.as_ref().map(|parts| &parts.serve)).await?;
+    let product_listeners =
+        bind("product", config.product.as_ref().map(|parts| &parts.serve)).await?;
+    let url = |listeners: &Option<Listeners>| {
+        listeners
+            .as_ref()
+            .map(|l| format!("http://{}", l.addrs().main))
+    };
+
+    // In one process every service is found where it was actually bound.
+    let mut verification = config.verification.clone();
+    if let (true, KeySource::Jwks { auth_endpoint }, Some(auth_url)) =
+        (up, &mut verification.keys, url(&auth_listeners))
+    {
+        *auth_endpoint = auth_url;
+    }
+    let verifier = Verifier::new(&verification)
+        .map_err(|error| anyhow::anyhow!("token verification: {error}"))?;
+
+    if let (Some(parts), Some(listeners)) = (&config.user, user_listeners) {
+        let built = user::build(&parts.config)
+            .await
+            .context("starting the user service")?;
+        databases.push(built.database.clone());
+        let service = AuthLayer::new(verifier.clone(), user::policy()).layer(built.service);
+        running.push(
+            GrpcServer::new("user", parts.serve.clone())
+                .add_service(service)
+                .readiness_check(built.database.readiness_check())
+                .spawn_on(listeners)
+                .await?,
+        );
+    }
+    if let (Some(parts), Some(listeners)) = (&config.auth, auth_listeners) {
+        let mut auth_config = parts.config.clone();
+        if let (true, Some(user_url)) = (
+            up,
+            running
+                .first()
+                .map(|user| format!("http://{}", user.addrs().main)),
+        ) {
+            auth_config.user_endpoint = user_url;
+        }
+        if up && let SigningConfig::Ed25519 { key_file, .. } = &auth_config.signing {
+            auth::keys::ensure_key_file(key_file)
+                .with_context(|| format!("creating the signing key {}", key_file.display()))?;
+        }
+        let built = auth::build(&auth_config)
+            .await
+            .context("starting the auth service")?;
+        databases.push(built.database.clone());
+        let service = AuthLayer::new(verifier.clone(), auth::policy()).layer(built.service);
+        running.push(
+            GrpcServer::new("auth", parts.serve.clone())
+                .add_service(service)
+                .readiness_check(built.database.readiness_check())
+                .spawn_on(listeners)
+                .await?,
+        );
+    }
+    if let (Some(parts), Some(listeners)) = (&config.product, product_listeners) {
+        let built = product::build(&parts.config)
             .await
             .context("starting the product service")?;
         databases.push(built.database.clone());
-        let server = GrpcServer::new("product", serve.clone())
-            .add_service(built.service)
-            .readiness_check(built.database.readiness_check())
-            .spawn()
-            .await?;
-        product_addr = Some(server.addrs().main);
-        running.push(server);
+        let service = AuthLayer::new(verifier.clone(), product::policy()).layer(built.service);
+        running.push(
+            GrpcServer::new("product", parts.serve.clone())
+                .add_service(service)
+                .readiness_check(built.database.readiness_check())
+                .spawn_on(listeners)
+                .await?,
+        );
     }
     if let Some(gateway_config) = &config.gateway {
         let mut gateway_config = gateway_config.clone();
-        if let (Mode::Up { .. }, Some(addr)) = (config.mode, product_addr) {
-            // In one process the gateway calls the product service where it actually bound.
-            gateway_config.product_endpoint = format!("http://{addr}");
+        if up {
+            for component in running.iter() {
+                let address = format!("http://{}", component.addrs().main);
+                match component.name() {
+                    "user" => gateway_config.user_endpoint = address,
+                    "auth" => gateway_config.auth_endpoint = address,
+                    "product" => gateway_config.product_endpoint = address,
+                    _ => {}
+                }
+            }
+            gateway_config.auth = verification.clone();
         }
         running.push(gateway::spawn(gateway_config).await?);
     }
     Ok(())
+}
+
+/// Binds a service's listeners, when this run has the service.
+async fn bind(name: &str, serve: Option<&ServeConfig>) -> anyhow::Result<Option<Listeners>> {
+    match serve {
+        Some(serve) => Ok(Some(Listeners::bind(name, serve).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Stops components in reverse start order, then closes the databases.

@@ -149,14 +149,19 @@ impl GrpcServer {
     /// [`ComponentError::Bind`] when a listener cannot be bound; [`ComponentError::Serve`] when the
     /// reflection descriptors cannot be loaded.
     pub async fn spawn(self) -> Result<Running, ComponentError> {
+        let listeners = Listeners::bind(self.name, &self.config).await?;
+        self.spawn_on(listeners).await
+    }
+
+    /// Starts serving on listeners bound earlier: how `flotilla up` learns every service's address
+    /// before it builds the services that call each other.
+    ///
+    /// # Errors
+    /// [`ComponentError::Serve`] when the reflection descriptors cannot be loaded.
+    pub async fn spawn_on(self, listeners: Listeners) -> Result<Running, ComponentError> {
         let name = self.name;
-        let grpc_listener = shutdown::bind(&format!("{name} gRPC"), self.config.grpc_addr).await?;
-        let admin_listener =
-            shutdown::bind(&format!("{name} admin"), self.config.admin_addr).await?;
-        let addrs = BoundAddrs {
-            main: shutdown::local_addr(&grpc_listener, self.config.grpc_addr),
-            admin: shutdown::local_addr(&admin_listener, self.config.admin_addr),
-        };
+        let addrs = listeners.addrs;
+        let (grpc_listener, admin_listener) = (listeners.grpc, listeners.admin);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let serve_error = |reason: String| ComponentError::Serve {
@@ -216,6 +221,35 @@ impl GrpcServer {
             end_health_watches(health_reporter, &service_names).await;
         });
         Ok(Running::spawn(name, addrs, stop, lifecycle))
+    }
+}
+
+/// A service's two listeners, bound, with their addresses (port 0 resolved).
+#[derive(Debug)]
+pub struct Listeners {
+    grpc: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    addrs: BoundAddrs,
+}
+
+impl Listeners {
+    /// Binds the gRPC and admin listeners of `config`.
+    ///
+    /// # Errors
+    /// [`ComponentError::Bind`] naming the listener and address.
+    pub async fn bind(name: &str, config: &ServeConfig) -> Result<Self, ComponentError> {
+        let grpc = shutdown::bind(&format!("{name} gRPC"), config.grpc_addr).await?;
+        let admin = shutdown::bind(&format!("{name} admin"), config.admin_addr).await?;
+        let addrs = BoundAddrs {
+            main: shutdown::local_addr(&grpc, config.grpc_addr),
+            admin: shutdown::local_addr(&admin, config.admin_addr),
+        };
+        Ok(Self { grpc, admin, addrs })
+    }
+
+    /// Where they listen.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
     }
 }
 

@@ -20,7 +20,7 @@ use platform::proto::product::v1 as pb;
 use platform::proto::product::v1::product_service_client::ProductServiceClient;
 use tonic::Code;
 
-use crate::{TestResult, grpc_channel, install_crypto_provider, up};
+use crate::{TestResult, admin_token, grpc_channel, install_crypto_provider, up, with_bearer};
 
 /// Upper bound on how long the clients run after SIGTERM; they stop earlier, at their first refusal.
 const CLIENT_PATIENCE: Duration = Duration::from_secs(30);
@@ -123,6 +123,7 @@ fn grpc_refused_before_start(status: &tonic::Status) -> bool {
 /// Loops creates with fresh ids until the product service refuses one.
 async fn grpc_client_loop(
     product: SocketAddr,
+    admin: String,
     client_index: usize,
     successes: Arc<AtomicUsize>,
 ) -> GrpcTally {
@@ -151,7 +152,7 @@ async fn grpc_client_loop(
             }),
             product_id: id.clone(),
         };
-        match client.create_product(request).await {
+        match client.create_product(with_bearer(request, &admin)).await {
             Ok(_) => {
                 tally.created.push(id);
                 successes.fetch_add(1, Ordering::SeqCst);
@@ -175,13 +176,22 @@ async fn sigterm_under_load_completes_or_refuses_every_request_and_keeps_every_w
     let flotilla = up(dir.path()).await;
     let gateway = flotilla.addr("gateway", "http");
     let product = flotilla.addr("product", "grpc");
+    // Creating products needs an administrator's token (the product service checks it).
+    let admin = admin_token(&crate::http_client(), gateway).await?;
 
     let successes = Arc::new(AtomicUsize::new(0));
     let http_clients: Vec<_> = (0..HTTP_CLIENTS)
         .map(|_| tokio::spawn(http_client_loop(gateway, successes.clone())))
         .collect();
     let grpc_clients: Vec<_> = (0..GRPC_CLIENTS)
-        .map(|index| tokio::spawn(grpc_client_loop(product, index, successes.clone())))
+        .map(|index| {
+            tokio::spawn(grpc_client_loop(
+                product,
+                admin.clone(),
+                index,
+                successes.clone(),
+            ))
+        })
         .collect();
 
     // Polling across processes: wait until the system is visibly under load (patience 30 s).

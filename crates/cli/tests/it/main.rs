@@ -3,6 +3,7 @@
 //! a temporary data directory, and driven over HTTP and gRPC.
 
 mod cli;
+mod identity;
 mod lifecycle;
 mod serve;
 mod up;
@@ -19,8 +20,62 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
 }
 
+/// The administrator every `up` in this suite is started with.
+const ADMIN_EMAIL: &str = "admin@example.com";
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
 async fn up(data_dir: &Path) -> Flotilla {
-    Flotilla::up(binary(), data_dir, &[("FLOTILLA_DRAIN_TIMEOUT", "10s")]).await
+    Flotilla::up(
+        binary(),
+        data_dir,
+        &[
+            ("FLOTILLA_DRAIN_TIMEOUT", "10s"),
+            ("FLOTILLA_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("FLOTILLA_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            // Cheap hashing keeps the suite quick; the defaults are OWASP's.
+            ("FLOTILLA_ARGON2_MEMORY_KIB", "8192"),
+            ("FLOTILLA_ARGON2_ITERATIONS", "1"),
+        ],
+    )
+    .await
+}
+
+/// Logs in through the gateway and returns the token pair as JSON.
+async fn login(
+    http: &reqwest::Client,
+    gateway: SocketAddr,
+    email: &str,
+    password: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    http.post(format!("http://{gateway}/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+}
+
+/// The administrator's access token.
+async fn admin_token(
+    http: &reqwest::Client,
+    gateway: SocketAddr,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let pair: serde_json::Value = login(http, gateway, ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(pair["access_token"]
+        .as_str()
+        .ok_or("no access_token")?
+        .to_owned())
+}
+
+/// A gRPC request carrying `token` as `authorization: Bearer`.
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }
 
 async fn grpc_channel(

@@ -1,14 +1,34 @@
 //! `flotilla serve` runs one component as a container would: the product service on PostgreSQL
-//! (`DATABASE_URL`), and the gateway told where it is by `FLOTILLA_PRODUCT_ENDPOINT`.
+//! (`DATABASE_URL`), and the gateway told where it is by `FLOTILLA_PRODUCT_ENDPOINT`, both in the
+//! shared-secret mode (`JWT_SECRET`, HS256), with a token this test signs.
 
 use platform::proto::product::v1 as pb;
 use platform::proto::product::v1::product_service_client::ProductServiceClient;
 use test_support::postgres::TestDatabase;
 use test_support::process::Flotilla;
 
-use crate::{TestResult, binary, grpc_channel, http_client};
+use crate::{TestResult, binary, grpc_channel, http_client, with_bearer};
 
 const ANY_PORT: &str = "127.0.0.1:0";
+const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
+
+/// An HS256 admin token signed with [`SECRET`].
+fn admin_token() -> Result<String, platform::auth::KeyError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0);
+    let claims = platform::auth::Claims {
+        sub: "admin-1".into(),
+        roles: vec!["user".into(), "admin".into()],
+        iat: now,
+        exp: now + 600,
+        jti: "serve-test".into(),
+        iss: "flotilla-auth".into(),
+        aud: "flotilla".into(),
+    };
+    platform::auth::SigningKey::shared_secret(SECRET.as_bytes()).sign(&claims)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_product_on_postgres_behind_serve_gateway() -> TestResult {
@@ -22,6 +42,7 @@ async fn serve_product_on_postgres_behind_serve_gateway() -> TestResult {
         product_dir.path(),
         &[
             ("DATABASE_URL", database.url()),
+            ("JWT_SECRET", SECRET),
             ("FLOTILLA_PRODUCT_GRPC_ADDR", ANY_PORT),
             ("FLOTILLA_PRODUCT_ADMIN_ADDR", ANY_PORT),
         ],
@@ -41,6 +62,7 @@ async fn serve_product_on_postgres_behind_serve_gateway() -> TestResult {
         gateway_dir.path(),
         &[
             ("FLOTILLA_PRODUCT_ENDPOINT", endpoint.as_str()),
+            ("JWT_SECRET", SECRET),
             ("FLOTILLA_GATEWAY_HTTP_ADDR", ANY_PORT),
             ("FLOTILLA_GATEWAY_ADMIN_ADDR", ANY_PORT),
         ],
@@ -57,17 +79,28 @@ async fn serve_product_on_postgres_behind_serve_gateway() -> TestResult {
         empty.products.is_empty(),
         "serve does not seed the demo catalogue"
     );
+    let unauthenticated = client
+        .create_product(pb::CreateProductRequest::default())
+        .await
+        .err()
+        .map(|status| status.code());
+    assert_eq!(
+        unauthenticated,
+        Some(tonic::Code::Unauthenticated),
+        "writes need a token"
+    );
+    let create = pb::CreateProductRequest {
+        product_id: "teapot".into(),
+        product: Some(pb::Product {
+            name: "Teapot".into(),
+            price_cents: 3500,
+            currency: "GBP".into(),
+            stock: 4,
+            ..Default::default()
+        }),
+    };
     client
-        .create_product(pb::CreateProductRequest {
-            product_id: "teapot".into(),
-            product: Some(pb::Product {
-                name: "Teapot".into(),
-                price_cents: 3500,
-                currency: "GBP".into(),
-                stock: 4,
-                ..Default::default()
-            }),
-        })
+        .create_product(with_bearer(create, &admin_token()?))
         .await?;
 
     let http = http_client();

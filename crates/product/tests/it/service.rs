@@ -149,7 +149,7 @@ async fn writes_answer_with_the_right_codes(store: ProductStore) -> TestResult {
 
     let update = |etag: &str, paths: &[&str], product: pb::Product| pb::UpdateProductRequest {
         product: Some(product),
-        update_mask: Some(prost_types::FieldMask {
+        update_mask: Some(platform::prost_types::FieldMask {
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
         }),
         etag: etag.into(),

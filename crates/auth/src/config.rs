@@ -1,0 +1,333 @@
+//! The auth service's settings: its database, its signing keys, token lifetimes, the failed-login
+//! limits and where the user service listens. Issuer, audience, leeway and `JWT_SECRET` are read
+//! through `platform::auth::AuthConfig`, so the service that signs tokens and every component that
+//! verifies them read those settings the same way.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use platform::auth::{AuthConfig, KeySource};
+use platform::config::{ConfigError, Origin, Secret, Settings};
+
+use crate::domain::TokenRules;
+use crate::limiter::LoginLimits;
+
+/// The user service's gRPC endpoint until discovery lands.
+pub const DEFAULT_USER_ENDPOINT: &str = "http://127.0.0.1:50051";
+
+/// How the service signs tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningConfig {
+    /// Ed25519 keys from files (the default).
+    Ed25519 {
+        /// The current private key, PKCS#8 PEM (`FLOTILLA_JWT_KEY_FILE`).
+        key_file: PathBuf,
+        /// The key before the last rotation, kept for its grace period
+        /// (`FLOTILLA_JWT_PREVIOUS_KEY_FILE`, optional; a missing file means none).
+        previous_key_file: Option<PathBuf>,
+    },
+    /// HS256 with the shared secret in `JWT_SECRET` (at least 32 bytes).
+    SharedSecret(Secret),
+}
+
+/// Everything the auth service needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthServiceConfig {
+    /// Where refresh tokens and token ids live: `sqlite://PATH` or `postgres://…`.
+    pub database_url: String,
+    /// Most database connections (`FLOTILLA_AUTH_DB_MAX_CONNECTIONS`, default 10).
+    pub max_connections: u32,
+    /// The signing keys.
+    pub signing: SigningConfig,
+    /// `iss` of issued tokens (`FLOTILLA_JWT_ISSUER`, default `flotilla-auth`).
+    pub issuer: String,
+    /// `aud` of issued tokens (`FLOTILLA_JWT_AUDIENCE`, default `flotilla`).
+    pub audience: String,
+    /// Clock skew tolerated on expiry (`FLOTILLA_JWT_LEEWAY`, default 30s).
+    pub leeway: Duration,
+    /// Access-token lifetime (`JWT_ACCESS_EXPIRY`, default 15m).
+    pub access_expiry: Duration,
+    /// Refresh-token lifetime (`FLOTILLA_REFRESH_EXPIRY`, default 7 days).
+    pub refresh_expiry: Duration,
+    /// The failed-login limits (`FLOTILLA_LOGIN_MAX_FAILURES`,
+    /// `FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS`, `FLOTILLA_LOGIN_WINDOW`).
+    pub login_limits: LoginLimits,
+    /// The user service's gRPC endpoint (`FLOTILLA_USER_ENDPOINT`, default
+    /// `http://127.0.0.1:50051`).
+    pub user_endpoint: String,
+}
+
+impl AuthServiceConfig {
+    /// Reads the database URL from `database_variable` (`DATABASE_URL` under `flotilla serve auth`,
+    /// `FLOTILLA_AUTH_DATABASE_URL` under `flotilla up`) and every other setting. In the default
+    /// Ed25519 mode the key file is `FLOTILLA_JWT_KEY_FILE`, or `default_key_file` when that is
+    /// unset (`flotilla up` passes `<data-dir>/jwt-ed25519.pem`); with neither, starting fails.
+    /// When `JWT_SECRET` is set the key-file settings are not read.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the bad variable: a malformed value, a secret under 32 bytes, a
+    /// zero lifetime or window, or no key file in Ed25519 mode.
+    pub fn from_settings(
+        settings: &Settings,
+        database_variable: &str,
+        default_database_url: &str,
+        default_key_file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let database_url = settings.url(
+            database_variable,
+            default_database_url,
+            &["sqlite", "postgres", "postgresql"],
+        )?;
+        // Only the mode, issuer, audience and leeway are used from this; the endpoint it reads in
+        // Ed25519 mode is where *other* components fetch keys from.
+        let verification = AuthConfig::from_settings(settings, "http://127.0.0.1:50052")?;
+        let signing = match verification.keys {
+            KeySource::SharedSecret(secret) => SigningConfig::SharedSecret(secret),
+            KeySource::Jwks { .. } => SigningConfig::Ed25519 {
+                key_file: required_path(settings, "FLOTILLA_JWT_KEY_FILE", default_key_file)?,
+                previous_key_file: optional_path(settings, "FLOTILLA_JWT_PREVIOUS_KEY_FILE")?,
+            },
+        };
+        Ok(Self {
+            database_url,
+            max_connections: settings.count("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", 10)?,
+            signing,
+            issuer: verification.issuer,
+            audience: verification.audience,
+            leeway: verification.leeway,
+            access_expiry: at_least_a_second(
+                settings,
+                "JWT_ACCESS_EXPIRY",
+                Duration::from_secs(15 * 60),
+            )?,
+            refresh_expiry: at_least_a_second(
+                settings,
+                "FLOTILLA_REFRESH_EXPIRY",
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            login_limits: LoginLimits {
+                max_failures_per_account: settings.count("FLOTILLA_LOGIN_MAX_FAILURES", 5)?,
+                max_failures_per_address: settings
+                    .count("FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)?,
+                window: at_least_a_second(
+                    settings,
+                    "FLOTILLA_LOGIN_WINDOW",
+                    Duration::from_secs(15 * 60),
+                )?,
+            },
+            user_endpoint: settings.url(
+                "FLOTILLA_USER_ENDPOINT",
+                DEFAULT_USER_ENDPOINT,
+                &["http", "https"],
+            )?,
+        })
+    }
+
+    /// The rules every issued token follows.
+    pub fn token_rules(&self) -> TokenRules {
+        TokenRules {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            access_lifetime: self.access_expiry,
+            refresh_lifetime: self.refresh_expiry,
+            leeway: self.leeway,
+        }
+    }
+}
+
+/// A duration of at least one second (JWT times are whole seconds, and a zero lifetime or window
+/// would switch the feature off without saying so).
+fn at_least_a_second(
+    settings: &Settings,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = settings.duration(name, default)?;
+    if value < Duration::from_secs(1) {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            value: format!("{value:?}"),
+            origin: settings.origin(name),
+            expected: "a duration of at least 1s, such as 30s, 15m or 7days".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// A path setting that must be given, by the setting or by the caller's default.
+fn required_path(
+    settings: &Settings,
+    name: &str,
+    default: Option<&Path>,
+) -> Result<PathBuf, ConfigError> {
+    let default = default.map(|path| path.display().to_string());
+    let value = settings.string(name, default.as_deref().unwrap_or_default())?;
+    if value.is_empty() {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            value: String::new(),
+            origin: Origin::Default,
+            expected: "the path of the Ed25519 private key in PKCS#8 PEM form (make one with \
+                       `openssl genpkey -algorithm ed25519 -out jwt-ed25519.pem`), or set \
+                       JWT_SECRET for the shared-secret mode"
+                .into(),
+        });
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// A path setting that may be left unset.
+fn optional_path(settings: &Settings, name: &str) -> Result<Option<PathBuf>, ConfigError> {
+    let value = settings.string(name, "")?;
+    Ok((!value.is_empty()).then(|| PathBuf::from(value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<AuthServiceConfig, ConfigError> {
+        AuthServiceConfig::from_settings(
+            &Settings::from_pairs(pairs.iter().copied()),
+            "DATABASE_URL",
+            "sqlite://data/auth.db",
+            Some(Path::new("data/jwt-ed25519.pem")),
+        )
+    }
+
+    fn message(result: Result<AuthServiceConfig, ConfigError>) -> String {
+        result
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_follow_the_documented_values() -> TestResult {
+        let config = parse(&[])?;
+        assert_eq!(config.database_url, "sqlite://data/auth.db");
+        assert_eq!(config.max_connections, 10);
+        assert_eq!(
+            config.signing,
+            SigningConfig::Ed25519 {
+                key_file: PathBuf::from("data/jwt-ed25519.pem"),
+                previous_key_file: None,
+            }
+        );
+        assert_eq!(config.issuer, "flotilla-auth");
+        assert_eq!(config.audience, "flotilla");
+        assert_eq!(config.leeway, Duration::from_secs(30));
+        assert_eq!(config.access_expiry, Duration::from_secs(900));
+        assert_eq!(config.refresh_expiry, Duration::from_secs(604_800));
+        assert_eq!(config.login_limits, LoginLimits::default());
+        assert_eq!(config.user_endpoint, "http://127.0.0.1:50051");
+        Ok(())
+    }
+
+    #[test]
+    fn every_setting_is_read() -> TestResult {
+        let config = AuthServiceConfig::from_settings(
+            &Settings::from_pairs([
+                ("FLOTILLA_AUTH_DATABASE_URL", "postgres://auth@db/auth"),
+                ("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", "3"),
+                ("FLOTILLA_JWT_KEY_FILE", "/keys/current.pem"),
+                ("FLOTILLA_JWT_PREVIOUS_KEY_FILE", "/keys/previous.pem"),
+                ("FLOTILLA_JWT_ISSUER", "issuer"),
+                ("FLOTILLA_JWT_AUDIENCE", "audience"),
+                ("FLOTILLA_JWT_LEEWAY", "5s"),
+                ("JWT_ACCESS_EXPIRY", "5m"),
+                ("FLOTILLA_REFRESH_EXPIRY", "1day"),
+                ("FLOTILLA_LOGIN_MAX_FAILURES", "3"),
+                ("FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS", "7"),
+                ("FLOTILLA_LOGIN_WINDOW", "1h"),
+                ("FLOTILLA_USER_ENDPOINT", "https://user.internal:443"),
+            ]),
+            "FLOTILLA_AUTH_DATABASE_URL",
+            "sqlite://unused.db",
+            None,
+        )?;
+        assert_eq!(config.database_url, "postgres://auth@db/auth");
+        assert_eq!(config.max_connections, 3);
+        assert_eq!(
+            config.signing,
+            SigningConfig::Ed25519 {
+                key_file: PathBuf::from("/keys/current.pem"),
+                previous_key_file: Some(PathBuf::from("/keys/previous.pem")),
+            }
+        );
+        let rules = config.token_rules();
+        assert_eq!(
+            (rules.issuer.as_str(), rules.audience.as_str()),
+            ("issuer", "audience")
+        );
+        assert_eq!(rules.leeway, Duration::from_secs(5));
+        assert_eq!(rules.access_lifetime, Duration::from_secs(300));
+        assert_eq!(rules.refresh_lifetime, Duration::from_secs(86_400));
+        assert_eq!(
+            config.login_limits,
+            LoginLimits {
+                max_failures_per_account: 3,
+                max_failures_per_address: 7,
+                window: Duration::from_secs(3600),
+            }
+        );
+        assert_eq!(config.user_endpoint, "https://user.internal:443");
+        Ok(())
+    }
+
+    #[test]
+    fn a_shared_secret_replaces_the_key_files() -> TestResult {
+        let config = AuthServiceConfig::from_settings(
+            &Settings::from_pairs([("JWT_SECRET", "0123456789abcdef0123456789abcdef")]),
+            "DATABASE_URL",
+            "sqlite://auth.db",
+            None,
+        )?;
+        assert!(matches!(config.signing, SigningConfig::SharedSecret(_)));
+        assert!(
+            !format!("{config:?}").contains("0123456789abcdef"),
+            "the secret never prints"
+        );
+        let short = message(parse(&[("JWT_SECRET", "short")]));
+        assert!(
+            short.contains("JWT_SECRET") && short.contains("32 bytes"),
+            "{short}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn ed25519_mode_needs_a_key_file() {
+        let error = message(AuthServiceConfig::from_settings(
+            &Settings::from_pairs(Vec::<(String, String)>::new()),
+            "DATABASE_URL",
+            "sqlite://auth.db",
+            None,
+        ));
+        assert!(
+            error.contains("FLOTILLA_JWT_KEY_FILE") && error.contains("JWT_SECRET"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (name, value) in [
+            ("JWT_ACCESS_EXPIRY", "0s"),
+            ("JWT_ACCESS_EXPIRY", "900"),
+            ("FLOTILLA_REFRESH_EXPIRY", "soon"),
+            ("FLOTILLA_LOGIN_WINDOW", "0ms"),
+            ("FLOTILLA_LOGIN_MAX_FAILURES", "0"),
+            ("FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS", "-1"),
+            ("FLOTILLA_USER_ENDPOINT", "user:50051"),
+            ("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", "many"),
+            ("FLOTILLA_JWT_KEY_FILE", " "),
+            ("DATABASE_URL", "mysql://x"),
+        ] {
+            let error = message(parse(&[(name, value)]));
+            assert!(error.contains(name), "{name}={value}: {error}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Login: the token pair, wrong credentials, the failed-login limits, and a user service that is
+//! down or refuses the auth service's own token.
+
+use std::time::Duration;
+
+use platform::auth::{ROLE_SERVICE, SigningKey};
+use tonic::Code;
+
+use crate::fake_user::{self, EMAIL, FakeUserService, PASSWORD, USER_ID};
+use crate::{Harness, Mode, TestDb, TestResult, both, failure, verifier_for};
+
+both!(login_issues_a_pair_whose_access_token_verifies);
+async fn login_issues_a_pair_whose_access_token_verifies(db: TestDb) -> TestResult {
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    let pair = harness.login(EMAIL, PASSWORD).await?;
+    assert_eq!(pair.token_type, "Bearer");
+    assert_eq!(pair.access_expires_in, 900);
+    assert_eq!(pair.refresh_expires_in, 7 * 24 * 3600);
+    assert_eq!(pair.refresh_token.len(), 43, "32 bytes in base64url");
+
+    // Any component holding the published key accepts it, with the expected claims.
+    let key = harness.key.as_ref().ok_or("Ed25519 mode has a key")?;
+    let claims = verifier_for(key).verify(&pair.access_token).await?;
+    assert_eq!(claims.sub, USER_ID);
+    assert_eq!(claims.roles, fake_user::roles());
+    assert_eq!(claims.exp - claims.iat, 900);
+    assert_eq!(
+        (claims.iss.as_str(), claims.aud.as_str()),
+        ("flotilla-auth", "flotilla")
+    );
+    uuid::Uuid::parse_str(&claims.jti)?;
+
+    // ValidateToken says the same.
+    let validated = harness.validate(&pair.access_token).await?;
+    assert_eq!(validated.subject, USER_ID);
+    assert_eq!(validated.roles, fake_user::roles());
+    assert_eq!(validated.token_id, claims.jti);
+    assert_eq!(validated.issuer, "flotilla-auth");
+    assert_eq!(validated.audience, "flotilla");
+    let issued_at = validated.issued_at.ok_or("issued_at")?.seconds;
+    let expires_at = validated.expires_at.ok_or("expires_at")?.seconds;
+    assert_eq!(expires_at - issued_at, 900);
+
+    // The user service saw a one-minute service token, not the user's.
+    let service = harness
+        .users
+        .seen
+        .last_service_claims()
+        .ok_or("a service token")?;
+    assert_eq!(service.sub, "service:auth");
+    assert_eq!(service.roles, vec![ROLE_SERVICE.to_owned()]);
+    assert_eq!(service.exp - service.iat, 60);
+    assert_eq!(
+        (service.iss.as_str(), service.aud.as_str()),
+        ("flotilla-auth", "flotilla")
+    );
+
+    // Two logins are two sessions with their own tokens.
+    let again = harness.login(EMAIL, PASSWORD).await?;
+    assert_ne!(again.refresh_token, pair.refresh_token);
+    assert_ne!(again.access_token, pair.access_token);
+    harness.finish().await;
+    Ok(())
+}
+
+both!(wrong_credentials_are_refused_alike_and_limited);
+async fn wrong_credentials_are_refused_alike_and_limited(db: TestDb) -> TestResult {
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    assert_eq!(
+        failure(harness.login("nobody@example.com", PASSWORD).await),
+        (Code::Unauthenticated, "invalid credentials".into()),
+        "an unknown email and a wrong password look the same"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            failure(harness.login(EMAIL, "wrong password").await),
+            (Code::Unauthenticated, "invalid credentials".into())
+        );
+    }
+    let calls = harness.users.seen.calls();
+
+    // The sixth attempt is refused before the user service is asked, even with the right
+    // password, and from a differently typed email of the same account.
+    harness.clock.advance(Duration::from_secs(60));
+    let status = harness
+        .login(" ADA@example.com", PASSWORD)
+        .await
+        .err()
+        .ok_or("the login should be refused")?;
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.message(), "too many failed logins; retry later");
+    assert_eq!(
+        status
+            .metadata()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok()),
+        Some("840"),
+        "the rest of the 15-minute window, in seconds"
+    );
+    assert_eq!(harness.users.seen.calls(), calls);
+
+    // When the window ends, the right password works again and clears the count.
+    harness.clock.advance(Duration::from_secs(14 * 60));
+    harness.login(EMAIL, PASSWORD).await?;
+    for _ in 0..4 {
+        let _ = harness.login(EMAIL, "wrong").await;
+    }
+    harness.login(EMAIL, PASSWORD).await?;
+    harness.finish().await;
+    Ok(())
+}
+
+both!(the_address_limit_follows_the_forwarded_client);
+async fn the_address_limit_follows_the_forwarded_client(db: TestDb) -> TestResult {
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    for index in 0..20 {
+        let email = format!("guess-{index}@example.com");
+        assert_eq!(
+            failure(
+                harness
+                    .login_from(Some("203.0.113.5"), &email, "guess")
+                    .await
+            )
+            .0,
+            Code::Unauthenticated
+        );
+    }
+    let blocked = harness
+        .login_from(Some("203.0.113.5, 10.0.0.1"), EMAIL, PASSWORD)
+        .await;
+    assert_eq!(failure(blocked).0, Code::ResourceExhausted);
+    harness
+        .login_from(Some("203.0.113.6"), EMAIL, PASSWORD)
+        .await?;
+    harness.finish().await;
+    Ok(())
+}
+
+both!(malformed_logins_are_invalid_arguments);
+async fn malformed_logins_are_invalid_arguments(db: TestDb) -> TestResult {
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    assert_eq!(
+        failure(harness.login("", PASSWORD).await).0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        failure(harness.login(EMAIL, "").await).0,
+        Code::InvalidArgument
+    );
+    assert_eq!(harness.users.seen.calls(), 0);
+    harness.finish().await;
+    Ok(())
+}
+
+both!(a_user_service_outage_is_unavailable_and_locks_nobody_out);
+async fn a_user_service_outage_is_unavailable_and_locks_nobody_out(db: TestDb) -> TestResult {
+    // A port that was free a moment ago: connections are refused.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let endpoint = format!("http://{closed}");
+    let harness =
+        Harness::start_with(&db, Mode::Ed25519, &[("FLOTILLA_USER_ENDPOINT", &endpoint)]).await?;
+    for _ in 0..7 {
+        let (code, message) = failure(harness.login(EMAIL, PASSWORD).await);
+        assert_eq!(code, Code::Unavailable);
+        assert!(!message.contains(&closed.to_string()), "{message}");
+    }
+    harness.finish().await;
+    Ok(())
+}
+
+both!(a_refused_service_token_is_not_a_failed_login);
+async fn a_refused_service_token_is_not_a_failed_login(db: TestDb) -> TestResult {
+    // The user service trusts some other key: every service token is refused.
+    let stranger = SigningKey::generate_ed25519()?;
+    let users = FakeUserService::start(verifier_for(&stranger)).await?;
+    auth::ensure_key_file(&db.key_file())?;
+    let harness = Harness::start_against(&db, Mode::Ed25519, &[], None, users).await?;
+    for _ in 0..7 {
+        assert_eq!(
+            failure(harness.login(EMAIL, PASSWORD).await),
+            (Code::Internal, "internal error".into()),
+            "a misconfiguration, not a wrong password, and it must not lock the account"
+        );
+    }
+    harness.finish().await;
+    Ok(())
+}

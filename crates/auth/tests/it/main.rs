@@ -1,0 +1,283 @@
+//! The auth service's integration tests: the service driven through its gRPC trait (no socket in
+//! front of it), on a fresh SQLite file and a fresh PostgreSQL database with the same cases, in
+//! front of a fake user service on a real socket. Time is a `ManualClock` the tests move.
+
+mod fake_user;
+mod login;
+mod refresh;
+mod validate;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use auth::{AuthApi, AuthServiceConfig, ManualClock};
+use platform::auth::{AuthConfig, KeySource, SigningKey, Verifier};
+use platform::config::Settings;
+use platform::proto::auth::v1 as pb;
+use platform::proto::auth::v1::auth_service_server::AuthService;
+use test_support::postgres::TestDatabase;
+use tonic::{Request, Status};
+
+use crate::fake_user::FakeUserService;
+
+/// What a case returns.
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The shared secret of the shared-secret cases.
+pub const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+
+/// A fresh database and a directory for key files; dropped after the case, which removes both.
+pub struct TestDb {
+    /// The database URL.
+    pub url: String,
+    /// A private directory (the SQLite file, key files).
+    pub dir: tempfile::TempDir,
+    _postgres: Option<TestDatabase>,
+}
+
+impl TestDb {
+    /// A fresh SQLite file.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
+        let url = platform::database::sqlite_url(&dir.path().join("auth.db"));
+        Self {
+            url,
+            dir,
+            _postgres: None,
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` when PostgreSQL is missing (see test-support).
+    pub async fn postgres() -> Option<Self> {
+        let database = TestDatabase::create().await?;
+        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
+        Some(Self {
+            url: database.url().to_owned(),
+            dir,
+            _postgres: Some(database),
+        })
+    }
+
+    /// The current key file's path.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("jwt-ed25519.pem")
+    }
+
+    /// The previous key file's path.
+    pub fn previous_key_file(&self) -> PathBuf {
+        self.dir.path().join("jwt-ed25519.previous.pem")
+    }
+}
+
+/// Runs an async case `fn(TestDb) -> TestResult` once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! both {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Err(error) = super::$case($crate::TestDb::sqlite()).await {
+                    panic!("{error}");
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(database) = $crate::TestDb::postgres().await else {
+                    return;
+                };
+                if let Err(error) = super::$case(database).await {
+                    panic!("{error}");
+                }
+            }
+        }
+    };
+}
+
+/// How the service under test signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Ed25519 keys from files in the case's directory.
+    Ed25519,
+    /// HS256 with [`SECRET`].
+    SharedSecret,
+}
+
+/// The service under test, its clock, its keys and the fake user service it calls.
+pub struct Harness {
+    /// The service.
+    pub api: AuthApi,
+    /// Its clock, starting at the real time.
+    pub clock: Arc<ManualClock>,
+    /// The current signing key (Ed25519 mode).
+    pub key: Option<SigningKey>,
+    /// The fake user service.
+    pub users: FakeUserService,
+}
+
+/// The verification settings of every token in these tests (the defaults).
+pub fn verification() -> AuthConfig {
+    AuthConfig {
+        keys: KeySource::Jwks {
+            auth_endpoint: String::new(),
+        },
+        issuer: "flotilla-auth".into(),
+        audience: "flotilla".into(),
+        leeway: std::time::Duration::from_secs(30),
+    }
+}
+
+/// A verifier trusting exactly `key`, as a component that fetched the JWKS would.
+pub fn verifier_for(key: &SigningKey) -> Verifier {
+    let mut keys = HashMap::new();
+    if let (Some(kid), Some(decoding)) = (key.kid(), key.decoding_key()) {
+        keys.insert(kid.to_owned(), decoding);
+    }
+    Verifier::with_public_keys(&verification(), keys)
+}
+
+impl Harness {
+    /// The service in `mode` on `db`, with default settings.
+    pub async fn start(db: &TestDb, mode: Mode) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_with(db, mode, &[]).await
+    }
+
+    /// The service in `mode` on `db`, with `extra` settings. In Ed25519 mode the key file is made
+    /// when missing; the fake user service trusts the current key (or the secret).
+    pub async fn start_with(
+        db: &TestDb,
+        mode: Mode,
+        extra: &[(&str, &str)],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let (key, verifier) = match mode {
+            Mode::Ed25519 => {
+                auth::ensure_key_file(&db.key_file())?;
+                let key = SigningKey::from_ed25519_pem(&std::fs::read(db.key_file())?)?;
+                let verifier = verifier_for(&key);
+                (Some(key), verifier)
+            }
+            Mode::SharedSecret => (
+                None,
+                Verifier::with_secret(&verification(), SECRET.as_bytes()),
+            ),
+        };
+        let users = FakeUserService::start(verifier).await?;
+        Self::start_against(db, mode, extra, key, users).await
+    }
+
+    /// The service in `mode` on `db`, calling `users`.
+    pub async fn start_against(
+        db: &TestDb,
+        mode: Mode,
+        extra: &[(&str, &str)],
+        key: Option<SigningKey>,
+        users: FakeUserService,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let key_file = db.key_file().display().to_string();
+        let endpoint = users.endpoint();
+        let mut pairs: Vec<(&str, &str)> = vec![
+            ("DATABASE_URL", db.url.as_str()),
+            ("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", "4"),
+            ("FLOTILLA_USER_ENDPOINT", endpoint.as_str()),
+        ];
+        match mode {
+            Mode::Ed25519 => pairs.push(("FLOTILLA_JWT_KEY_FILE", key_file.as_str())),
+            Mode::SharedSecret => pairs.push(("JWT_SECRET", SECRET)),
+        }
+        pairs.extend_from_slice(extra);
+        let config = AuthServiceConfig::from_settings(
+            &Settings::from_pairs(pairs),
+            "DATABASE_URL",
+            "sqlite://unused.db",
+            None,
+        )?;
+        let clock = Arc::new(ManualClock::starting_now());
+        let api = auth::build_api(&config, clock.clone()).await?;
+        Ok(Self {
+            api,
+            clock,
+            key,
+            users,
+        })
+    }
+
+    /// Logs in with the fake's account, from no particular address.
+    pub async fn login(&self, email: &str, password: &str) -> Result<pb::TokenPair, Status> {
+        self.login_from(None, email, password).await
+    }
+
+    /// Logs in as a gateway would on behalf of `client` (`x-forwarded-for`).
+    pub async fn login_from(
+        &self,
+        client: Option<&str>,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::TokenPair, Status> {
+        let mut request = Request::new(pb::LoginRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        });
+        if let Some(client) = client {
+            let value = client
+                .parse()
+                .map_err(|_| Status::internal("test: bad address"))?;
+            request.metadata_mut().insert("x-forwarded-for", value);
+        }
+        self.api
+            .login(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Exchanges a refresh token.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, Status> {
+        self.api
+            .refresh(Request::new(pb::RefreshRequest {
+                refresh_token: refresh_token.to_owned(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Validates an access token.
+    pub async fn validate(&self, access_token: &str) -> Result<pb::Claims, Status> {
+        self.api
+            .validate_token(Request::new(pb::ValidateTokenRequest {
+                access_token: access_token.to_owned(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Ends a refresh token's family.
+    pub async fn revoke(&self, refresh_token: &str) -> Result<(), Status> {
+        self.api
+            .revoke(Request::new(pb::RevokeRequest {
+                refresh_token: refresh_token.to_owned(),
+            }))
+            .await
+            .map(drop)
+    }
+
+    /// The published keys.
+    pub async fn jwks(&self) -> Result<pb::Jwks, Status> {
+        self.api
+            .get_jwks(Request::new(pb::GetJwksRequest {}))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Closes the database (the fake stops when dropped).
+    pub async fn finish(self) {
+        self.api.store().database().close().await;
+    }
+}
+
+/// The code and message of a failed call, for one-line assertions.
+pub fn failure<T: std::fmt::Debug>(result: Result<T, Status>) -> (tonic::Code, String) {
+    match result {
+        Ok(value) => panic!("expected a failure, got {value:?}"),
+        Err(status) => (status.code(), status.message().to_owned()),
+    }
+}

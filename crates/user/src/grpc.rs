@@ -1,0 +1,273 @@
+//! The `flotilla.user.v1.UserService` implementation: proto in, domain calls, proto out; plus the
+//! service's access [`policy`].
+//!
+//! Who may call what is decided twice, on purpose. `platform::auth::AuthLayer` enforces
+//! [`policy`] before a request reaches a handler, and puts the verified [`Claims`] in the request
+//! extensions. Each handler that is not public then checks its own rule again against those
+//! claims (the same constants build the policy), so a binary that forgot the layer fails closed
+//! rather than letting anyone check passwords or list accounts. GetUser's rule depends on the
+//! data ("your own account, or any for an administrator") and can only be checked here.
+
+use platform::auth::{Access, AuthError, Claims, Policy, ROLE_SERVICE};
+use platform::pagination::{self, PageError};
+use platform::proto::user::v1 as pb;
+use platform::proto::user::v1::health_check_response::Status as Health;
+use platform::time::{now_micros, timestamp_from_micros};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Account, Cursor, Email, Password, RawNewUser, Roles, User, UserId};
+use crate::error::UserError;
+use crate::password::Hasher;
+use crate::store::UserStore;
+
+/// Signing up is open to anyone.
+const CREATE_USER: Access = Access::Public;
+/// Only Flotilla's auth service, with a service token, may check passwords: a password oracle
+/// open to all would bypass the auth service's rate limits.
+const AUTHENTICATE_USER: Access = Access::Role(ROLE_SERVICE);
+/// Any signed-in caller; the handler then allows their own account, or any for an administrator.
+const GET_USER: Access = Access::Authenticated;
+/// Administrators only.
+const LIST_USERS: Access = Access::ADMIN;
+/// Load balancers and probes call it without a token.
+const HEALTH_CHECK: Access = Access::Public;
+
+/// The filters that page tokens are bound to: listing has none.
+const LIST_FILTERS: &str = "users:all";
+
+/// Who may call each method of `UserService`. The binary wraps the service in
+/// `platform::auth::AuthLayer` with this policy; a method missing from it is refused.
+pub fn policy() -> Policy {
+    Policy::new()
+        .method("CreateUser", CREATE_USER)
+        .method("AuthenticateUser", AUTHENTICATE_USER)
+        .method("GetUser", GET_USER)
+        .method("ListUsers", LIST_USERS)
+        .method("HealthCheck", HEALTH_CHECK)
+}
+
+/// The user service, over its store and password hasher.
+#[derive(Debug, Clone)]
+pub struct UserApi {
+    store: UserStore,
+    hasher: Hasher,
+}
+
+impl UserApi {
+    /// The service over `store`, hashing with `hasher`.
+    pub fn new(store: UserStore, hasher: Hasher) -> Self {
+        Self { store, hasher }
+    }
+
+    async fn create(&self, request: pb::CreateUserRequest) -> Result<pb::User, UserError> {
+        let new_user = RawNewUser {
+            email: request.email,
+            password: request.password,
+            name: request.name,
+        }
+        .validate()?;
+        let password_hash = self.hasher.hash(new_user.password).await?;
+        let account = Account::new(
+            new_user.email,
+            new_user.name,
+            Roles::new_account(),
+            password_hash,
+            now_micros(),
+        );
+        self.store.insert(&account).await?;
+        tracing::info!(user_id = %account.user.id, "account created");
+        Ok(to_proto(&account.user))
+    }
+
+    /// Every failure is [`UserError::InvalidCredentials`], and an unknown email costs a password
+    /// check like a known one (see `password.rs`). A malformed email is simply an unknown one.
+    async fn authenticate(
+        &self,
+        request: pb::AuthenticateUserRequest,
+    ) -> Result<pb::User, UserError> {
+        // Longer than any account's password: refused before any work, which tells nothing about
+        // accounts (the bound is public in the contract).
+        let Some(password) = Password::candidate(request.password) else {
+            return Err(UserError::InvalidCredentials);
+        };
+        let account = match Email::parse("email", &request.email) {
+            Ok(email) => self.store.find_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let (user, stored_hash) = match account {
+            Some(account) => (Some(account.user), Some(account.password_hash)),
+            None => (None, None),
+        };
+        let matched = self.hasher.verify(password, stored_hash).await?;
+        match user {
+            Some(user) if matched => {
+                tracing::info!(user_id = %user.id, "password checked");
+                Ok(to_proto(&user))
+            }
+            _ => {
+                // Neither the email nor the password is logged: people type one into the other.
+                tracing::info!("sign-in refused: invalid credentials");
+                Err(UserError::InvalidCredentials)
+            }
+        }
+    }
+
+    async fn get(&self, claims: &Claims, request: pb::GetUserRequest) -> Result<User, UserError> {
+        let own = UserId::parse("id", &request.id).is_ok_and(|id| id.as_str() == claims.sub);
+        if !own && !claims.is_admin() {
+            // The same answer whether the account exists or not.
+            return Err(UserError::NotYours);
+        }
+        let id = UserId::parse("id", &request.id)?;
+        self.store
+            .get(&id)
+            .await?
+            .ok_or_else(|| UserError::NotFound(id))
+    }
+
+    async fn list(
+        &self,
+        request: pb::ListUsersRequest,
+    ) -> Result<pb::ListUsersResponse, UserError> {
+        let page_size = pagination::page_size(request.page_size)?;
+        let after: Option<Cursor> = pagination::decode_token(&request.page_token, LIST_FILTERS)?;
+        // Tokens are not signed: a forged cursor must fail as a bad token, not reach the database.
+        if let Some(cursor) = &after {
+            UserId::parse("page_token", &cursor.id).map_err(|_| PageError::MalformedToken)?;
+        }
+        // One extra row tells whether another page exists without a COUNT.
+        let mut users = self.store.list(after.as_ref(), page_size + 1).await?;
+        let more = users.len() > page_size as usize;
+        users.truncate(page_size as usize);
+        let next_page_token = match (more, users.last()) {
+            (true, Some(last)) => pagination::encode_token(&Cursor::after(last), LIST_FILTERS),
+            _ => String::new(),
+        };
+        Ok(pb::ListUsersResponse {
+            users: users.iter().map(to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn health(&self) -> pb::HealthCheckResponse {
+        let check = self.store.database().readiness_check();
+        let status = match check().await {
+            Ok(()) => Health::Serving,
+            Err(reason) => {
+                tracing::warn!(%reason, "health check: the user store does not answer");
+                Health::NotServing
+            }
+        };
+        pb::HealthCheckResponse {
+            status: status.into(),
+            timestamp: Some(timestamp_from_micros(now_micros())),
+        }
+    }
+}
+
+/// The verified claims of `request`, checked against `access` again (see the module doc).
+///
+/// # Errors
+/// [`AuthError::Missing`] without claims when `access` needs some; [`AuthError::Forbidden`] when
+/// they lack the role.
+fn claims_for<T>(request: &Request<T>, access: Access) -> Result<Option<Claims>, UserError> {
+    let claims = request.extensions().get::<Claims>();
+    if access.allows(claims) {
+        return Ok(claims.cloned());
+    }
+    Err(match (access, claims) {
+        (Access::Role(role), Some(_)) => AuthError::Forbidden(role),
+        _ => AuthError::Missing,
+    }
+    .into())
+}
+
+#[tonic::async_trait]
+impl pb::user_service_server::UserService for UserApi {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        claims_for(&request, CREATE_USER)?;
+        Ok(Response::new(self.create(request.into_inner()).await?))
+    }
+
+    async fn authenticate_user(
+        &self,
+        request: Request<pb::AuthenticateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        claims_for(&request, AUTHENTICATE_USER)?;
+        Ok(Response::new(
+            self.authenticate(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let claims = claims_for(&request, GET_USER)?.ok_or(UserError::Auth(AuthError::Missing))?;
+        let user = self.get(&claims, request.into_inner()).await?;
+        Ok(Response::new(to_proto(&user)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        claims_for(&request, LIST_USERS)?;
+        Ok(Response::new(self.list(request.into_inner()).await?))
+    }
+
+    async fn health_check(
+        &self,
+        request: Request<()>,
+    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        claims_for(&request, HEALTH_CHECK)?;
+        Ok(Response::new(self.health().await))
+    }
+}
+
+/// The wire form of an account: never a password or a hash, which [`User`] does not hold.
+pub fn to_proto(user: &User) -> pb::User {
+    pb::User {
+        id: user.id.as_str().to_owned(),
+        email: user.email.as_str().to_owned(),
+        name: user.name.clone(),
+        roles: user.roles.as_slice().to_vec(),
+        created_at: Some(timestamp_from_micros(user.created_at_us)),
+        updated_at: Some(timestamp_from_micros(user.updated_at_us)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method that `flotilla.user.v1.UserService` declares in the compiled contract has a
+    /// rule, and every rule names one of its methods, so a new RPC cannot slip through unruled.
+    #[test]
+    fn the_policy_covers_every_method_and_nothing_else() {
+        let mismatches = policy().mismatches("flotilla.user.v1.UserService");
+        assert!(mismatches.is_empty(), "{mismatches:?}");
+        // A wrong service name must not pass vacuously.
+        assert!(
+            !policy()
+                .mismatches("flotilla.user.v1.NoSuchService")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_rules_are_the_intended_ones() {
+        let policy = policy();
+        assert_eq!(policy.access("CreateUser"), Some(Access::Public));
+        assert_eq!(policy.access("HealthCheck"), Some(Access::Public));
+        assert_eq!(
+            policy.access("AuthenticateUser"),
+            Some(Access::Role(platform::auth::ROLE_SERVICE))
+        );
+        assert_eq!(policy.access("GetUser"), Some(Access::Authenticated));
+        assert_eq!(policy.access("ListUsers"), Some(Access::ADMIN));
+    }
+}
