@@ -76,18 +76,24 @@ impl From<product_pb::ListProductsResponse> for ProductPageJson {
 pub struct NewProductJson {
     /// Optional id of your choosing (1-64 characters of `[a-z0-9-]`); assigned when absent.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9-]{1,64}$")]
     pub id: Option<String>,
     /// Display name: 1-200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Free text, at most 5000 characters.
     #[serde(default)]
+    #[schema(max_length = 5000)]
     pub description: String,
     /// Price in minor units, at least 0.
+    #[schema(minimum = 0)]
     pub price_cents: i64,
     /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
     /// Units available, at least 0.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub stock: i64,
 }
 
@@ -96,14 +102,19 @@ pub struct NewProductJson {
 #[serde(deny_unknown_fields)]
 pub struct ProductChangesJson {
     /// New display name.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// New description.
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     /// New price in minor units.
+    #[schema(minimum = 0)]
     pub price_cents: Option<i64>,
     /// New ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
     /// New stock level.
+    #[schema(minimum = 0)]
     pub stock: Option<i64>,
 }
 
@@ -162,10 +173,13 @@ impl From<user_pb::ListUsersResponse> for UserPageJson {
 #[serde(deny_unknown_fields)]
 pub struct SignUpJson {
     /// Email address.
+    #[schema(format = "email", max_length = 254)]
     pub email: String,
     /// Password: 8-128 characters, no composition rules.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     /// Display name: 1-100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
@@ -174,8 +188,10 @@ pub struct SignUpJson {
 #[serde(deny_unknown_fields)]
 pub struct LoginJson {
     /// Email address.
+    #[schema(format = "email", max_length = 320)]
     pub email: String,
     /// Password.
+    #[schema(min_length = 1, max_length = 1024)]
     pub password: String,
 }
 
