@@ -56,6 +56,10 @@ enum Command {
         /// Which component.
         component: Component,
     },
+    /// Rotate the JWT signing key: the current key becomes the previous one (still published and
+    /// accepted until its tokens expire) and a new current key is generated. Restart the auth
+    /// service afterwards; the other components fetch the new public key by themselves.
+    RotateKeys,
     /// Print the effective settings of `up` (or of one component), secrets redacted.
     Config {
         /// Show the settings of this component as `serve` would use them, instead of `up`'s.
@@ -78,7 +82,7 @@ fn main() -> ExitCode {
         | Command::Config {
             component: Some(component),
         } => Mode::Serve(*component),
-        Command::Config { component: None } => Mode::Up {
+        Command::Config { component: None } | Command::RotateKeys => Mode::Up {
             listen_ephemeral: false,
         },
     };
@@ -86,9 +90,13 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return bad_setting(&error),
     };
-    if let Command::Config { .. } = cli.command {
-        print!("{}", config.describe());
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Config { .. } => {
+            print!("{}", config.describe());
+            return ExitCode::SUCCESS;
+        }
+        Command::RotateKeys => return rotate_keys(&config),
+        Command::Up { .. } | Command::Serve { .. } => {}
     }
 
     platform::telemetry::init_logging(&config.log);
@@ -110,6 +118,34 @@ fn main() -> ExitCode {
                 "flotilla stopped with an error"
             );
             eprintln!("flotilla: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `flotilla rotate-keys`: rotates the key files the auth service's settings name.
+fn rotate_keys(config: &settings::SystemConfig) -> ExitCode {
+    let signing = config.auth.as_ref().map(|auth| &auth.config.signing);
+    let Some(auth::SigningConfig::Ed25519 {
+        key_file,
+        previous_key_file: Some(previous),
+    }) = signing
+    else {
+        eprintln!(
+            "flotilla: nothing to rotate: signing uses JWT_SECRET, or FLOTILLA_JWT_PREVIOUS_KEY_FILE is not set"
+        );
+        return ExitCode::from(EXIT_BAD_SETTING);
+    };
+    match auth::rotate_key_files(key_file, previous) {
+        Ok(rotation) => {
+            println!(
+                "rotated: the new key {} signs from the next start of the auth service; the previous key {} stays valid until its tokens expire",
+                rotation.current_kid, rotation.previous_kid
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("flotilla: {error}");
             ExitCode::FAILURE
         }
     }

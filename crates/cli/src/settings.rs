@@ -51,6 +51,8 @@ const GATEWAY_PORTS: (u16, u16) = (8080, 9080);
 
 /// The name of the signing key file `up` keeps in its data directory.
 pub const UP_KEY_FILE: &str = "jwt-ed25519.pem";
+/// Where `up` keeps the key before the last rotation (`flotilla rotate-keys`).
+pub const UP_PREVIOUS_KEY_FILE: &str = "jwt-ed25519.previous.pem";
 
 /// Every setting any component reads, so a settings file shared by several components is accepted
 /// by each (a test keeps this list equal to what the components really read).
@@ -160,6 +162,10 @@ impl SystemConfig {
                 .with_default(
                     "FLOTILLA_PRODUCT_ENDPOINT",
                     format!("http://{}", at(PRODUCT_PORTS.0)),
+                )
+                .with_default(
+                    "FLOTILLA_JWT_PREVIOUS_KEY_FILE",
+                    data_dir.join(UP_PREVIOUS_KEY_FILE).display().to_string(),
                 )
         } else {
             settings
