@@ -10,11 +10,17 @@ use platform::auth::{AuthError, Claims, ROLE_ADMIN, bearer_token};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A caller with a verified access token.
-#[derive(Debug, Clone)]
+/// A caller with a verified access token. `Debug` shows the claims, never the token.
+#[derive(Clone)]
 pub struct Bearer {
     claims: Claims,
     token: String,
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bearer").field("claims", &self.claims).field("token", &"***").finish()
+    }
 }
 
 impl Bearer {
