@@ -10,6 +10,8 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));
 
+mod redacted;
+
 pub mod user {
     pub mod v1 {
         tonic::include_proto!("flotilla.user.v1");

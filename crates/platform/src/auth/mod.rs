@@ -24,7 +24,7 @@ pub use config::{AuthConfig, KeySource, MIN_SECRET_BYTES};
 pub use layer::{AuthLayer, Authorized, bearer_token};
 pub use policy::{Access, Policy};
 pub use signing::{KeyError, PublicJwk, SigningKey};
-pub use verifier::{AuthError, MAX_KEYS, MIN_REFRESH_INTERVAL, Verifier};
+pub use verifier::{AuthError, KEYS_TTL, MAX_KEYS, MIN_REFRESH_INTERVAL, Verifier};
 
 #[cfg(test)]
 mod tests;

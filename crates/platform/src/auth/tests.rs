@@ -301,3 +301,187 @@ fn policies_are_checked_against_the_contracts() {
         "{stray:?}"
     );
 }
+
+/// An auth service that only publishes keys, whichever the test sets, counting the fetches.
+#[derive(Clone, Default)]
+struct FakeJwks {
+    published: std::sync::Arc<std::sync::Mutex<Vec<PublicJwk>>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl crate::proto::auth::v1::auth_service_server::AuthService for FakeJwks {
+    async fn login(
+        &self,
+        _: tonic::Request<crate::proto::auth::v1::LoginRequest>,
+    ) -> Result<tonic::Response<crate::proto::auth::v1::TokenPair>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn refresh(
+        &self,
+        _: tonic::Request<crate::proto::auth::v1::RefreshRequest>,
+    ) -> Result<tonic::Response<crate::proto::auth::v1::TokenPair>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn validate_token(
+        &self,
+        _: tonic::Request<crate::proto::auth::v1::ValidateTokenRequest>,
+    ) -> Result<tonic::Response<crate::proto::auth::v1::Claims>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn revoke(
+        &self,
+        _: tonic::Request<crate::proto::auth::v1::RevokeRequest>,
+    ) -> Result<tonic::Response<crate::proto::auth::v1::RevokeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn get_jwks(
+        &self,
+        _: tonic::Request<crate::proto::auth::v1::GetJwksRequest>,
+    ) -> Result<tonic::Response<crate::proto::auth::v1::Jwks>, tonic::Status> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let keys = self
+            .published
+            .lock()
+            .map(|published| {
+                published
+                    .iter()
+                    .map(|jwk| crate::proto::auth::v1::Jwk {
+                        kty: "OKP".into(),
+                        crv: "Ed25519".into(),
+                        x: jwk.x.clone(),
+                        kid: jwk.kid.clone(),
+                        alg: "EdDSA".into(),
+                        r#use: "sig".into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(tonic::Response::new(crate::proto::auth::v1::Jwks { keys }))
+    }
+}
+
+async fn fake_auth(
+    fake: FakeJwks,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tonic::transport::Server::builder()
+        .add_service(crate::proto::auth::v1::auth_service_server::AuthServiceServer::new(fake))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    Ok((
+        addr,
+        tokio::spawn(async move {
+            let _ = server.await;
+        }),
+    ))
+}
+
+fn publish(fake: &FakeJwks, keys: &[&SigningKey]) {
+    if let Ok(mut published) = fake.published.lock() {
+        *published = keys
+            .iter()
+            .filter_map(|key| key.public_jwk().cloned())
+            .collect();
+    }
+}
+
+fn published_verifier(
+    addr: std::net::SocketAddr,
+    timing: super::verifier::FetchTiming,
+) -> Result<Verifier, AuthError> {
+    let config = AuthConfig {
+        keys: KeySource::Jwks {
+            auth_endpoint: format!("http://{addr}"),
+        },
+        ..config()
+    };
+    Verifier::with_timing(&config, timing)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_keys_are_fetched_retired_and_kept_through_an_outage()
+-> Result<(), Box<dyn std::error::Error>> {
+    let (old, new) = (
+        SigningKey::generate_ed25519()?,
+        SigningKey::generate_ed25519()?,
+    );
+    let fake = FakeJwks::default();
+    publish(&fake, &[&old]);
+    let (addr, server) = fake_auth(fake.clone()).await?;
+    // Always stale and never rate-limited: every verification fetches again.
+    let eager = super::verifier::FetchTiming {
+        keys_ttl: Duration::ZERO,
+        min_refresh_interval: Duration::ZERO,
+    };
+    let verifier = published_verifier(addr, eager)?;
+    assert!(
+        verifier
+            .verify(&old.sign(&claims(&["user"]))?)
+            .await
+            .is_ok()
+    );
+
+    // The auth service stops publishing the old key (rotated out after a leak): it stops working.
+    publish(&fake, &[&new]);
+    assert!(
+        reason(verifier.verify(&old.sign(&claims(&["admin"]))?).await)
+            .contains("unknown signing key")
+    );
+    assert!(
+        verifier
+            .verify(&new.sign(&claims(&["user"]))?)
+            .await
+            .is_ok()
+    );
+
+    // The auth service goes away: the keys fetched before keep working.
+    server.abort();
+    let _ = server.await;
+    assert!(
+        verifier
+            .verify(&new.sign(&claims(&["user"]))?)
+            .await
+            .is_ok()
+    );
+    // A verifier that never fetched cannot tell a good token from a bad one: unavailable.
+    let cold = published_verifier(addr, eager)?;
+    assert_eq!(
+        cold.verify(&new.sign(&claims(&["user"]))?).await,
+        Err(AuthError::KeysUnavailable)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_kids_cannot_turn_into_a_flood_of_fetches() -> Result<(), Box<dyn std::error::Error>>
+{
+    let key = SigningKey::generate_ed25519()?;
+    let fake = FakeJwks::default();
+    publish(&fake, &[&key]);
+    let (addr, server) = fake_auth(fake.clone()).await?;
+    let verifier = published_verifier(addr, super::verifier::FetchTiming::default())?;
+    assert!(
+        verifier
+            .verify(&key.sign(&claims(&["user"]))?)
+            .await
+            .is_ok()
+    );
+    for _ in 0..20 {
+        let stranger = SigningKey::generate_ed25519()?;
+        assert!(
+            verifier
+                .verify(&stranger.sign(&claims(&["admin"]))?)
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(
+        fake.fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one fetch per interval at most"
+    );
+    server.abort();
+    Ok(())
+}

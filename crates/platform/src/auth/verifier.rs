@@ -2,9 +2,14 @@
 //! key source allows (EdDSA with published keys, HS256 with a shared secret), which rules out
 //! `alg: none` and algorithm confusion (an HS256 token "signed" with a public key).
 //!
-//! Published keys are fetched from the auth service's `GetJwks` on first use and again when a token
-//! names an unknown `kid` (a key rotation), at most once per [`MIN_REFRESH_INTERVAL`], so a flood of
-//! forged `kid`s cannot turn into a flood of calls; at most [`MAX_KEYS`] keys are kept.
+//! Published keys are fetched from the auth service's `GetJwks` on first use, again when a token
+//! names an unknown `kid` (a key rotation), and again once the cached set is older than
+//! [`KEYS_TTL`], so a key the auth service stopped publishing (retired, or rotated out after a leak)
+//! stops being trusted within that time. Fetches are attempted at most once per
+//! [`MIN_REFRESH_INTERVAL`], whether they succeed or not, so a flood of forged `kid`s, or an
+//! unreachable auth service, cannot turn into a flood of calls; at most [`MAX_KEYS`] keys are kept.
+//! While the auth service cannot be reached, the last fetched keys keep working: an outage of the
+//! auth service must not stop every other service.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +28,8 @@ use crate::proto::auth::v1::auth_service_client::AuthServiceClient;
 
 /// Shortest time between two JWKS fetches.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Age after which the cached key set is fetched again before use.
+pub const KEYS_TTL: Duration = Duration::from_secs(300);
 /// Most keys kept from a JWKS.
 pub const MAX_KEYS: usize = 16;
 const JWKS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,8 +91,37 @@ enum Keys {
 
 struct PublishedKeys {
     client: AuthServiceClient<Channel>,
-    keys: RwLock<HashMap<String, DecodingKey>>,
-    last_fetch: Mutex<Option<Instant>>,
+    cache: RwLock<KeyCache>,
+    last_attempt: Mutex<Option<Instant>>,
+    timing: FetchTiming,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+}
+
+impl KeyCache {
+    fn is_fresh(&self, ttl: Duration) -> bool {
+        self.fetched_at.is_some_and(|at| at.elapsed() < ttl)
+    }
+}
+
+/// How often published keys are fetched; tests shorten both.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FetchTiming {
+    pub(crate) keys_ttl: Duration,
+    pub(crate) min_refresh_interval: Duration,
+}
+
+impl Default for FetchTiming {
+    fn default() -> Self {
+        Self {
+            keys_ttl: KEYS_TTL,
+            min_refresh_interval: MIN_REFRESH_INTERVAL,
+        }
+    }
 }
 
 impl Verifier {
@@ -94,6 +130,10 @@ impl Verifier {
     /// # Errors
     /// [`AuthError::KeysUnavailable`] when the auth endpoint is not a valid URI.
     pub fn new(config: &AuthConfig) -> Result<Self, AuthError> {
+        Self::with_timing(config, FetchTiming::default())
+    }
+
+    pub(crate) fn with_timing(config: &AuthConfig, timing: FetchTiming) -> Result<Self, AuthError> {
         let keys = match &config.keys {
             KeySource::SharedSecret(secret) => {
                 return Ok(Self::with_secret(config, secret.expose().as_bytes()));
@@ -106,8 +146,9 @@ impl Verifier {
                     .connect_lazy();
                 Keys::Published(Arc::new(PublishedKeys {
                     client: AuthServiceClient::new(channel),
-                    keys: RwLock::new(HashMap::new()),
-                    last_fetch: Mutex::new(None),
+                    cache: RwLock::new(KeyCache::default()),
+                    last_attempt: Mutex::new(None),
+                    timing,
                 }))
             }
         };
@@ -158,35 +199,42 @@ impl Verifier {
 
 impl PublishedKeys {
     async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
-        if let Some(key) = self.keys.read().await.get(kid) {
-            return Ok(key.clone());
+        {
+            let cache = self.cache.read().await;
+            if let (Some(key), true) = (cache.keys.get(kid), cache.is_fresh(self.timing.keys_ttl)) {
+                return Ok(key.clone());
+            }
         }
-        self.refresh().await?;
-        self.keys
-            .read()
-            .await
-            .get(kid)
-            .cloned()
-            .ok_or(AuthError::Invalid("unknown signing key"))
+        let fetched = self.refresh().await;
+        let cache = self.cache.read().await;
+        match cache.keys.get(kid) {
+            Some(key) => Ok(key.clone()),
+            // Never fetched, and the fetch failed: the keys are unavailable, not the token bad.
+            None if fetched.is_err() && cache.fetched_at.is_none() => {
+                Err(AuthError::KeysUnavailable)
+            }
+            None => Err(AuthError::Invalid("unknown signing key")),
+        }
     }
 
-    /// Fetches the JWKS unless it was fetched less than [`MIN_REFRESH_INTERVAL`] ago. Holding the
-    /// lock across the fetch makes concurrent requests for the same new `kid` share one call.
+    /// Fetches the JWKS unless an attempt was made less than [`MIN_REFRESH_INTERVAL`] ago. The
+    /// attempt is recorded before the call, so concurrent requests and failures share one call; a
+    /// failed fetch keeps the keys fetched before.
     async fn refresh(&self) -> Result<(), AuthError> {
-        let mut last_fetch = self.last_fetch.lock().await;
-        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
+        let mut last_attempt = self.last_attempt.lock().await;
+        if last_attempt.is_some_and(|at| at.elapsed() < self.timing.min_refresh_interval) {
             return Ok(());
         }
+        *last_attempt = Some(Instant::now());
         let response = self
             .client
             .clone()
             .get_jwks(auth_pb::GetJwksRequest {})
             .await
             .map_err(|status| {
-                tracing::warn!(code = ?status.code(), message = status.message(), "fetching the JWKS failed");
+                tracing::warn!(code = ?status.code(), message = status.message(), "fetching the JWKS failed; keeping the keys fetched before");
                 AuthError::KeysUnavailable
             })?;
-        *last_fetch = Some(Instant::now());
         let keys: HashMap<String, DecodingKey> = response
             .into_inner()
             .keys
@@ -195,8 +243,11 @@ impl PublishedKeys {
             .take(MAX_KEYS)
             .filter_map(|jwk| Some((jwk.kid, DecodingKey::from_ed_components(&jwk.x).ok()?)))
             .collect();
-        tracing::info!(keys = keys.len(), "fetched the auth service's signing keys");
-        *self.keys.write().await = keys;
+        tracing::debug!(keys = keys.len(), "fetched the auth service's signing keys");
+        *self.cache.write().await = KeyCache {
+            keys,
+            fetched_at: Some(Instant::now()),
+        };
         Ok(())
     }
 }
