@@ -1,19 +1,25 @@
 //! The auth service's settings: its database, its signing keys, token lifetimes, the failed-login
-//! limits and where the user service listens. Issuer, audience, leeway and `JWT_SECRET` are read
+//! limits, which proxies may name the client, and where the user service listens. Issuer, audience, leeway and `JWT_SECRET` are read
 //! through `platform::auth::AuthConfig`, so the service that signs tokens and every component that
 //! verifies them read those settings the same way.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use platform::auth::{AuthConfig, KeySource};
-use platform::config::{ConfigError, Origin, Secret, Settings};
+use platform::config::{ConfigError, Origin, Secret, Settings, redact_url_password};
 
 use crate::domain::TokenRules;
 use crate::limiter::LoginLimits;
 
 /// The user service's gRPC endpoint until discovery lands.
 pub const DEFAULT_USER_ENDPOINT: &str = "http://127.0.0.1:50051";
+/// The setting that lists the proxies whose `x-forwarded-for` is believed.
+pub const TRUSTED_PROXIES_SETTING: &str = "FLOTILLA_AUTH_TRUSTED_PROXIES";
+/// Its default: loopback, which is where the gateway calls from under `flotilla up`.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 
 /// How the service signs tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +36,9 @@ pub enum SigningConfig {
     SharedSecret(Secret),
 }
 
-/// Everything the auth service needs to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything the auth service needs to start. `Debug` shows the database URL with its password
+/// redacted, and the shared secret (if any) as `***`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuthServiceConfig {
     /// Where refresh tokens and token ids live: `sqlite://PATH` or `postgres://…`.
     pub database_url: String,
@@ -52,6 +59,11 @@ pub struct AuthServiceConfig {
     /// The failed-login limits (`FLOTILLA_LOGIN_MAX_FAILURES`,
     /// `FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS`, `FLOTILLA_LOGIN_WINDOW`).
     pub login_limits: LoginLimits,
+    /// The peers whose `x-forwarded-for` names the client for the per-address login limit
+    /// (`FLOTILLA_AUTH_TRUSTED_PROXIES`, comma-separated IP addresses, default `127.0.0.1,::1`; an
+    /// empty value trusts none). A login from any other peer is counted under the peer's own
+    /// address, whatever header it sends.
+    pub trusted_proxies: Vec<IpAddr>,
     /// The user service's gRPC endpoint (`FLOTILLA_USER_ENDPOINT`, default
     /// `http://127.0.0.1:50051`).
     pub user_endpoint: String,
@@ -115,6 +127,7 @@ impl AuthServiceConfig {
                     Duration::from_secs(15 * 60),
                 )?,
             },
+            trusted_proxies: trusted_proxies(settings)?,
             user_endpoint: settings.url(
                 "FLOTILLA_USER_ENDPOINT",
                 DEFAULT_USER_ENDPOINT,
@@ -133,6 +146,54 @@ impl AuthServiceConfig {
             leeway: self.leeway,
         }
     }
+}
+
+impl fmt::Debug for AuthServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthServiceConfig")
+            .field("database_url", &redact_url_password(&self.database_url))
+            .field("max_connections", &self.max_connections)
+            .field("signing", &self.signing)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("access_expiry", &self.access_expiry)
+            .field("refresh_expiry", &self.refresh_expiry)
+            .field("login_limits", &self.login_limits)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("user_endpoint", &redact_url_password(&self.user_endpoint))
+            .finish()
+    }
+}
+
+/// `FLOTILLA_AUTH_TRUSTED_PROXIES`: comma-separated IP addresses; unset means
+/// [`DEFAULT_TRUSTED_PROXIES`], and an empty value means no proxy is trusted.
+fn trusted_proxies(settings: &Settings) -> Result<Vec<IpAddr>, ConfigError> {
+    let name = TRUSTED_PROXIES_SETTING;
+    let value = match settings.string(name, DEFAULT_TRUSTED_PROXIES) {
+        Ok(value) => value,
+        // `Settings::string` refuses a value that is set but empty; here empty has a meaning.
+        Err(ConfigError::Invalid { value, .. }) if value.trim().is_empty() => {
+            return Ok(Vec::new());
+        }
+        Err(error) => return Err(error),
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|entry| {
+            entry.parse::<IpAddr>().map_err(|_| ConfigError::Invalid {
+                name: name.to_owned(),
+                value: value.clone(),
+                origin: settings.origin(name),
+                expected: format!(
+                    "comma-separated IP addresses of the proxies whose x-forwarded-for is \
+                     believed, such as 127.0.0.1,::1 (single addresses, no ranges; {entry:?} is \
+                     not one), or an empty value to trust none"
+                ),
+            })
+        })
+        .collect()
 }
 
 /// A duration of at least one second (JWT times are whole seconds, and a zero lifetime or window
@@ -222,6 +283,14 @@ mod tests {
         assert_eq!(config.access_expiry, Duration::from_secs(900));
         assert_eq!(config.refresh_expiry, Duration::from_secs(604_800));
         assert_eq!(config.login_limits, LoginLimits::default());
+        assert_eq!(
+            config.trusted_proxies,
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            ],
+            "loopback: the gateway under `flotilla up`"
+        );
         assert_eq!(config.user_endpoint, "http://127.0.0.1:50051");
         Ok(())
     }
@@ -242,6 +311,7 @@ mod tests {
                 ("FLOTILLA_LOGIN_MAX_FAILURES", "3"),
                 ("FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS", "7"),
                 ("FLOTILLA_LOGIN_WINDOW", "1h"),
+                ("FLOTILLA_AUTH_TRUSTED_PROXIES", " 10.0.0.5 , fd00::7"),
                 ("FLOTILLA_USER_ENDPOINT", "https://user.internal:443"),
             ]),
             "FLOTILLA_AUTH_DATABASE_URL",
@@ -272,6 +342,10 @@ mod tests {
                 max_failures_per_address: 7,
                 window: Duration::from_secs(3600),
             }
+        );
+        assert_eq!(
+            config.trusted_proxies,
+            vec!["10.0.0.5".parse::<IpAddr>()?, "fd00::7".parse::<IpAddr>()?]
         );
         assert_eq!(config.user_endpoint, "https://user.internal:443");
         Ok(())
@@ -329,5 +403,53 @@ mod tests {
             let error = message(parse(&[(name, value)]));
             assert!(error.contains(name), "{name}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn an_empty_proxy_list_trusts_none() -> TestResult {
+        for empty in ["", " "] {
+            let config = parse(&[("FLOTILLA_AUTH_TRUSTED_PROXIES", empty)])?;
+            assert!(config.trusted_proxies.is_empty(), "{empty:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_proxy_list_is_named_with_the_expected_form() {
+        for value in [
+            "gateway.internal",
+            "10.0.0.0/8",
+            "127.0.0.1,",
+            "127.0.0.1;::1",
+            "127.0.0.1:50052",
+        ] {
+            let error = message(parse(&[("FLOTILLA_AUTH_TRUSTED_PROXIES", value)]));
+            assert!(
+                error.contains("FLOTILLA_AUTH_TRUSTED_PROXIES")
+                    && error.contains(value)
+                    && error.contains("comma-separated IP addresses"),
+                "{value}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password() -> TestResult {
+        let config = parse(&[(
+            "DATABASE_URL",
+            "postgres://auth:hunter2-s3cret@db.internal:5432/auth?sslmode=require",
+        )])?;
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2-s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgres://auth:***@db.internal:5432/auth"),
+            "{shown}"
+        );
+        assert_eq!(
+            config.database_url,
+            "postgres://auth:hunter2-s3cret@db.internal:5432/auth?sslmode=require",
+            "only the printout is redacted"
+        );
+        Ok(())
     }
 }

@@ -105,13 +105,26 @@ pub fn normalise_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// Whose failed logins count together as one client: the first `x-forwarded-for` entry when it is
-/// an IP address (the gateway sets it), else the connection's peer address. IPv4-mapped IPv6
-/// addresses count as their IPv4 address, and IPv6 addresses by their /64 prefix, which is what
-/// one subscriber usually holds: counting single IPv6 addresses would let one client rotate
-/// through 2^64 of them.
-pub fn client_key(forwarded_for: Option<&str>, peer: Option<IpAddr>) -> String {
+/// Whose failed logins count together as one client. When the connection's `peer` is one of
+/// `trusted_proxies` (the gateway, which sets `x-forwarded-for`), that is the first
+/// `x-forwarded-for` entry if it is an IP address; otherwise it is the peer address itself, since
+/// any direct caller can send the header and would otherwise pick a fresh key per guess. An empty
+/// `trusted_proxies` trusts no header. IPv4-mapped IPv6 addresses count as their IPv4 address (also
+/// when matching a proxy), and IPv6 addresses by their /64 prefix, which is what one subscriber
+/// usually holds: counting single IPv6 addresses would let one client rotate through 2^64 of them.
+pub fn client_key(
+    forwarded_for: Option<&str>,
+    peer: Option<IpAddr>,
+    trusted_proxies: &[IpAddr],
+) -> String {
+    let behind_trusted_proxy = peer.is_some_and(|peer| {
+        let peer = peer.to_canonical();
+        trusted_proxies
+            .iter()
+            .any(|proxy| proxy.to_canonical() == peer)
+    });
     let forwarded = forwarded_for
+        .filter(|_| behind_trusted_proxy)
         .and_then(|value| value.split(',').next())
         .and_then(|first| first.trim().parse::<IpAddr>().ok());
     match forwarded.or(peer) {

@@ -195,7 +195,11 @@ mod tests {
         let clock = Arc::new(ManualClock::at(1_700_000_000_000_000));
         let limiter = LoginLimiter::new(LoginLimits::default(), clock.clone());
         for _ in 0..5 {
-            assert!(limiter.begin("ada@example.com", "192.0.2.1").is_ok());
+            let attempt = limiter.begin("ada@example.com", "192.0.2.1");
+            assert!(attempt.is_ok());
+            if let Ok(attempt) = attempt {
+                limiter.failed(attempt);
+            }
         }
         clock.advance(Duration::from_millis(100_500));
         let status = match limiter.begin("ada@example.com", "192.0.2.1") {

@@ -13,9 +13,16 @@
 //! - **Revoke**: ends the token's family, and answers the same whether or not there was one.
 //! - **ValidateToken**: the shared verifier's checks, then the family of the token's id.
 //! - **GetJwks**: the public keys in use.
+//!
+//! The client address that the per-address login limit counts is the connection's peer, or the
+//! first `x-forwarded-for` entry when the peer is one of the configured trusted proxies
+//! ([`client_key`]).
+//!
+//! Expired rows are not purged by these flows, which run under the caller's deadline: a background
+//! task does it ([`crate::purge`], started by [`crate::build`]) through [`AuthApi::purge_expired`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use platform::auth::{Claims, PublicJwk};
@@ -29,13 +36,13 @@ use crate::domain::{
 };
 use crate::error::AuthServiceError;
 use crate::limiter::LoginLimiter;
-use crate::store::{AuthStore, NewAccess, NewFamily, NewRefresh};
+use crate::store::{AuthStore, NewAccess, NewFamily, NewRefresh, Purged};
 use crate::tokens::{IssuedAccess, Tokens};
 use crate::users::Users;
 
 /// Longest access token `ValidateToken` looks at; real ones are well under 1 KiB.
 pub const MAX_ACCESS_TOKEN_BYTES: usize = 8 * 1024;
-/// How often expired rows are purged, at most (on a login or refresh that finds it due).
+/// How often the background task ([`crate::purge`]) purges expired rows.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The auth service over its store, keys, limits and the user service.
@@ -51,17 +58,20 @@ struct Inner {
     limiter: LoginLimiter,
     users: Users,
     clock: Arc<dyn Clock>,
-    next_purge_us: AtomicI64,
+    trusted_proxies: Vec<IpAddr>,
 }
 
 impl AuthApi {
-    /// The service over its parts; `clock` is what every time-dependent rule reads.
+    /// The service over its parts; `clock` is what every time-dependent rule reads, and
+    /// `trusted_proxies` the peers whose `x-forwarded-for` names the client at login (see
+    /// [`client_key`]; empty trusts none).
     pub fn new(
         store: AuthStore,
         tokens: Tokens,
         limiter: LoginLimiter,
         users: Users,
         clock: Arc<dyn Clock>,
+        trusted_proxies: Vec<IpAddr>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -70,7 +80,7 @@ impl AuthApi {
                 limiter,
                 users,
                 clock,
-                next_purge_us: AtomicI64::new(i64::MIN),
+                trusted_proxies,
             }),
         }
     }
@@ -115,8 +125,10 @@ impl AuthApi {
                 Ok(pair)
             }
             Err(AuthServiceError::InvalidCredentials) => {
-                // The attempt stays counted: that is the failure being recorded.
-                drop(attempt);
+                // The only outcome that records a failure. Any other way out of this function,
+                // including the future being dropped mid-call (a cancelled or timed-out request),
+                // gives the attempt's slots back.
+                inner.limiter.failed(attempt);
                 tracing::info!(%client, "login failed: invalid credentials");
                 Err(AuthServiceError::InvalidCredentials)
             }
@@ -145,7 +157,6 @@ impl AuthApi {
             .store
             .start_family(&family, &next.refresh_row, &next.access_row)
             .await?;
-        self.purge_if_due(now).await;
         Ok(self.pair(next))
     }
 
@@ -176,7 +187,6 @@ impl AuthApi {
                     )
                     .await?
                 {
-                    self.purge_if_due(now).await;
                     return Ok(self.pair(next));
                 }
                 // The update changed nothing: the token was exchanged, or its family ended, or it
@@ -288,30 +298,15 @@ impl AuthApi {
         }
     }
 
-    /// Purges expired rows when [`PURGE_INTERVAL`] has passed since the last purge; one caller
-    /// wins the right to do it. A failed purge is logged and retried next time: it never fails
-    /// the request that happened to trigger it.
-    async fn purge_if_due(&self, now: i64) {
-        let due = self.inner.next_purge_us.load(Ordering::Relaxed);
-        if now < due
-            || self
-                .inner
-                .next_purge_us
-                .compare_exchange(
-                    due,
-                    now.saturating_add(micros(PURGE_INTERVAL)),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
-        }
+    /// Purges what can no longer matter at the clock's now ([`AuthStore::purge_expired`], with
+    /// the tokens' leeway). The background task calls this every [`PURGE_INTERVAL`]; no request
+    /// does, so a slow purge never eats into a caller's deadline.
+    ///
+    /// # Errors
+    /// Database failures; what was removed before stays removed.
+    pub async fn purge_expired(&self) -> Result<Purged, AuthServiceError> {
         let leeway = micros(self.inner.tokens.rules().leeway);
-        match self.inner.store.purge_expired(now, leeway).await {
-            Ok(purged) => tracing::debug!(?purged, "purged expired tokens"),
-            Err(error) => tracing::warn!(%error, "purging expired tokens failed"),
-        }
+        self.inner.store.purge_expired(self.now(), leeway).await
     }
 }
 
@@ -333,7 +328,11 @@ impl pb::auth_service_server::AuthService for AuthApi {
             .metadata()
             .get("x-forwarded-for")
             .and_then(|value| value.to_str().ok());
-        let client = client_key(forwarded_for, request.remote_addr().map(|addr| addr.ip()));
+        let client = client_key(
+            forwarded_for,
+            request.remote_addr().map(|addr| addr.ip()),
+            &self.inner.trusted_proxies,
+        );
         Ok(Response::new(
             self.sign_in(client, request.into_inner()).await?,
         ))

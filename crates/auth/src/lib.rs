@@ -11,7 +11,10 @@
 //!   published by `GetJwks`, which the other components' `platform::auth::Verifier` fetches.
 //! - Refresh tokens are stored only as SHA-256 hashes, in families that end as a whole on logout
 //!   or when a used token comes back ([`grpc`] describes the flows).
-//! - Failed logins are limited per account and per client address ([`limiter`]).
+//! - Failed logins are limited per account and per client address ([`limiter`]); the client
+//!   address comes from `x-forwarded-for` only behind a trusted proxy
+//!   (`FLOTILLA_AUTH_TRUSTED_PROXIES`, loopback by default).
+//! - Expired rows are purged by a background task that [`build`] starts ([`purge`]).
 //!
 //! Every method is public at the transport ([`policy`]): each carries its own credential (a
 //! password, a refresh token, the access token to check), and `GetJwks` publishes public keys.
@@ -25,6 +28,7 @@ pub mod error;
 pub mod grpc;
 pub mod keys;
 pub mod limiter;
+pub mod purge;
 pub mod store;
 pub mod tokens;
 pub mod users;
@@ -39,6 +43,7 @@ pub use keys::{KeyFileError, KeyRing, Rotation, ensure_key_file, rotate_key_file
 use platform::auth::{Access, Policy};
 use platform::database::{Database, DatabaseError};
 use platform::proto::auth::v1::auth_service_server::AuthServiceServer;
+pub use purge::Purger;
 pub use store::AuthStore;
 use tonic::transport::Endpoint;
 
@@ -52,6 +57,11 @@ pub struct BuiltAuth {
     pub service: AuthServiceServer<AuthApi>,
     /// Its database, for readiness checks and closing at shutdown.
     pub database: Database,
+    /// The task that purges expired rows every [`grpc::PURGE_INTERVAL`]. It ends when
+    /// [`BuiltAuth::database`] is closed, which is how the binary stops it at shutdown (after the
+    /// server, before exiting); [`Purger::stop`] ends it sooner. Dropping this handle leaves the
+    /// task running.
+    pub purger: Purger,
 }
 
 /// Why the auth service could not start. Never includes key material.
@@ -74,7 +84,9 @@ pub enum BuildError {
 }
 
 /// Loads the signing keys, opens the store (migrating it) and builds the service, with a lazily
-/// connecting channel to the user service, so the auth service can start before it.
+/// connecting channel to the user service, so the auth service can start before it, and starts
+/// the background purge of expired rows (see [`BuiltAuth::purger`]). Call it inside a Tokio
+/// runtime.
 ///
 /// # Errors
 /// [`BuildError`] naming the key file that cannot be used, or when the database cannot be reached
@@ -82,13 +94,16 @@ pub enum BuildError {
 pub async fn build(config: &AuthServiceConfig) -> Result<BuiltAuth, BuildError> {
     let api = build_api(config, Arc::new(SystemClock)).await?;
     let database = api.store().database().clone();
+    let purger = Purger::spawn(api.clone(), grpc::PURGE_INTERVAL);
     Ok(BuiltAuth {
         service: AuthServiceServer::new(api),
         database,
+        purger,
     })
 }
 
 /// What [`build`] builds, before it is wrapped in the tonic server, on `clock`: what tests drive.
+/// No purge task is started; run [`AuthApi::purge_expired`] or [`Purger::spawn`] as needed.
 ///
 /// # Errors
 /// As [`build`].
@@ -127,6 +142,7 @@ pub async fn build_api(
         limiter::LoginLimiter::new(config.login_limits, clock.clone()),
         users::Users::new(channel),
         clock,
+        config.trusted_proxies.clone(),
     ))
 }
 

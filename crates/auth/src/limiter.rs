@@ -7,10 +7,14 @@
 //!
 //! Choices a reviewer should know about:
 //!
-//! - **An attempt counts as a failure from the moment it starts** ([`LoginLimiter::begin`]), and is
-//!   given back when it succeeds or never reaches a verdict. Counting only after the user service
-//!   answers would let a burst of concurrent guesses all pass the check before the first failure
-//!   is recorded.
+//! - **An attempt holds a failure's slot from the moment it starts** ([`LoginLimiter::begin`]),
+//!   so a burst of concurrent guesses cannot all pass the check before the first failure is
+//!   recorded. The slot is kept only when the attempt is settled as failed
+//!   ([`LoginLimiter::failed`], the user service said "invalid credentials"); it is given back when
+//!   the attempt succeeds, reaches no verdict ([`LoginLimiter::abandoned`]), or is **dropped
+//!   unsettled**. Dropping is what happens to a cancelled or timed-out login: when the gateway's
+//!   deadline passes, tonic drops the handler mid-call, and a person whose login was merely slow
+//!   must not be charged a failure for it.
 //! - **A success clears the account's failures but not the address's**; it only gives back its own
 //!   slot. Otherwise one client could reset its address counter by signing in to an account of its
 //!   own between guesses at someone else's.
@@ -22,9 +26,11 @@
 //!   (Redis, the database) would make it global at the cost of a round trip per login.
 //!
 //! A `std::sync::Mutex` guards the tables: it is held for a few map operations and never across an
-//! `.await`.
+//! `.await`. The tables live behind an `Arc` that every [`Attempt`] shares, so an attempt can give
+//! its slots back from its `Drop`, wherever it is dropped.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -62,24 +68,105 @@ pub struct Blocked {
     pub retry_after: Duration,
 }
 
-/// A login in progress, counted as a failure until it is settled. Hand it back to
-/// [`LoginLimiter::succeeded`] or [`LoginLimiter::abandoned`]; dropping it leaves the failure
-/// counted, which is what a failed login means.
-#[derive(Debug)]
-#[must_use = "a login attempt counts as a failure unless it is settled"]
+/// A login in progress. While it lives it holds one failure's slot of its account and of its
+/// address, which is what stops a parallel burst. Settle it with [`LoginLimiter::failed`] (the
+/// slots stay: a failure is recorded), [`LoginLimiter::succeeded`] or [`LoginLimiter::abandoned`];
+/// dropping it unsettled (a cancelled or timed-out request) gives both slots back, as
+/// [`LoginLimiter::abandoned`] does.
+#[must_use = "an attempt that is dropped unsettled is given back; settle a failed login with \
+              `LoginLimiter::failed`"]
 pub struct Attempt {
+    /// The limiter's tables, which the attempt settles against (also from `Drop`).
+    shared: Arc<Shared>,
     account: String,
     address: String,
     account_window_us: i64,
     address_window_us: i64,
+    settled: bool,
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the shared tables: they hold every tracked key.
+        f.debug_struct("Attempt")
+            .field("account", &self.account)
+            .field("address", &self.address)
+            .field("account_window_us", &self.account_window_us)
+            .field("address_window_us", &self.address_window_us)
+            .field("settled", &self.settled)
+            .finish()
+    }
+}
+
+/// How an attempt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Wrong credentials: both slots stay counted.
+    Failed,
+    /// Signed in: the account's failures are cleared, the address's slot given back.
+    Succeeded,
+    /// No verdict (an outage, a cancelled or timed-out request): both slots given back.
+    Abandoned,
+}
+
+impl Attempt {
+    /// Settles the attempt once; `Drop` then has nothing left to do.
+    fn settle(mut self, outcome: Outcome) {
+        self.settled = true;
+        self.apply(outcome);
+    }
+
+    fn apply(&self, outcome: Outcome) {
+        let mut tables = self.shared.lock();
+        match outcome {
+            Outcome::Failed => {}
+            Outcome::Succeeded => {
+                tables.accounts.entries.remove(&self.account);
+                tables
+                    .addresses
+                    .give_back(&self.address, self.address_window_us);
+            }
+            Outcome::Abandoned => {
+                tables
+                    .accounts
+                    .give_back(&self.account, self.account_window_us);
+                tables
+                    .addresses
+                    .give_back(&self.address, self.address_window_us);
+            }
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.apply(Outcome::Abandoned);
+        }
+    }
 }
 
 /// Failed-login counters per account and per client address.
 #[derive(Debug)]
 pub struct LoginLimiter {
+    shared: Arc<Shared>,
+}
+
+/// What a limiter and its attempts share.
+#[derive(Debug)]
+struct Shared {
     limits: LoginLimits,
     clock: Arc<dyn Clock>,
     tables: Mutex<Tables>,
+}
+
+impl Shared {
+    /// The tables; a panic while they were held cannot leave them inconsistent (every change is a
+    /// single map operation), so a poisoned lock is simply taken over.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[derive(Debug)]
@@ -98,36 +185,39 @@ impl LoginLimiter {
     pub fn with_capacity(limits: LoginLimits, clock: Arc<dyn Clock>, capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            limits,
-            clock,
-            tables: Mutex::new(Tables {
-                accounts: Table::new(capacity),
-                addresses: Table::new(capacity),
+            shared: Arc::new(Shared {
+                limits,
+                clock,
+                tables: Mutex::new(Tables {
+                    accounts: Table::new(capacity),
+                    addresses: Table::new(capacity),
+                }),
             }),
         }
     }
 
     /// Starts a login for `account` from `address`: refused when either has reached its limit,
-    /// otherwise counted as a failure of both until it is settled.
+    /// otherwise holding one failure's slot of both until it is settled or dropped.
     ///
     /// # Errors
     /// [`Blocked`] with the longer of the two waits when a limit is reached.
     pub fn begin(&self, account: &str, address: &str) -> Result<Attempt, Blocked> {
-        let now_us = self.clock.now_micros();
-        let window_us = micros(self.limits.window);
-        let mut tables = self.lock();
+        let shared = &self.shared;
+        let now_us = shared.clock.now_micros();
+        let window_us = micros(shared.limits.window);
+        let mut tables = shared.lock();
         let waits = [
             tables.accounts.wait(
                 account,
                 now_us,
                 window_us,
-                self.limits.max_failures_per_account,
+                shared.limits.max_failures_per_account,
             ),
             tables.addresses.wait(
                 address,
                 now_us,
                 window_us,
-                self.limits.max_failures_per_address,
+                shared.limits.max_failures_per_address,
             ),
         ];
         if let Some(wait_us) = waits.into_iter().flatten().max() {
@@ -135,49 +225,44 @@ impl LoginLimiter {
                 retry_after: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)),
             });
         }
+        let account_window_us = tables.accounts.charge(account, now_us, window_us);
+        let address_window_us = tables.addresses.charge(address, now_us, window_us);
+        drop(tables);
         Ok(Attempt {
-            account_window_us: tables.accounts.charge(account, now_us, window_us),
-            address_window_us: tables.addresses.charge(address, now_us, window_us),
+            shared: Arc::clone(shared),
             account: account.to_owned(),
             address: address.to_owned(),
+            account_window_us,
+            address_window_us,
+            settled: false,
         })
+    }
+
+    /// Settles a failed login (the user service said the credentials are wrong): both slots the
+    /// attempt took stay counted. This is the only way a failure is recorded.
+    pub fn failed(&self, attempt: Attempt) {
+        attempt.settle(Outcome::Failed);
     }
 
     /// Settles a successful login: the account's failures are cleared, and the address gets back
     /// the slot this attempt took (its other failures stay).
     pub fn succeeded(&self, attempt: Attempt) {
-        let mut tables = self.lock();
-        tables.accounts.entries.remove(&attempt.account);
-        tables
-            .addresses
-            .give_back(&attempt.address, attempt.address_window_us);
+        attempt.settle(Outcome::Succeeded);
     }
 
     /// Settles a login that reached no verdict (the user service was unavailable): both slots are
-    /// given back, so an outage does not lock people out.
+    /// given back, so an outage does not lock people out. Dropping an attempt does the same.
     pub fn abandoned(&self, attempt: Attempt) {
-        let mut tables = self.lock();
-        tables
-            .accounts
-            .give_back(&attempt.account, attempt.account_window_us);
-        tables
-            .addresses
-            .give_back(&attempt.address, attempt.address_window_us);
+        attempt.settle(Outcome::Abandoned);
     }
 
     /// How many keys each table holds now, (accounts, addresses); for tests and metrics.
     pub fn tracked(&self) -> (usize, usize) {
-        let tables = self.lock();
+        let tables = self.shared.lock();
         (
             tables.accounts.entries.len(),
             tables.addresses.entries.len(),
         )
-    }
-
-    /// The tables; a panic while they were held cannot leave them inconsistent (every change is a
-    /// single map operation), so a poisoned lock is simply taken over.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -280,9 +365,11 @@ mod tests {
         (limiter, clock)
     }
 
-    /// One failed login: begun and dropped unsettled, which is how a failure is recorded.
+    /// One failed login: begun and settled as failed, which is how a failure is recorded.
     fn fail(limiter: &LoginLimiter, account: &str, address: &str) -> Result<(), Blocked> {
-        limiter.begin(account, address).map(drop)
+        limiter
+            .begin(account, address)
+            .map(|attempt| limiter.failed(attempt))
     }
 
     #[test]
@@ -422,6 +509,55 @@ mod tests {
             (1, 1),
             "the new window's failure stays counted"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_dropped_attempt_gives_its_slots_back() -> Result<(), Blocked> {
+        let (limiter, _clock) = limiter(DEFAULT_CAPACITY);
+        for _ in 0..4 {
+            fail(&limiter, "ada@example.com", "192.0.2.1")?;
+        }
+        let before = limiter.tracked();
+        // A login cancelled mid-call (the gateway's deadline passed): tonic drops the handler and
+        // the attempt with it, unsettled.
+        let attempt = limiter.begin("ada@example.com", "192.0.2.1")?;
+        assert!(
+            limiter.begin("ada@example.com", "192.0.2.1").is_err(),
+            "while it is in flight it holds the fifth slot"
+        );
+        drop(attempt);
+        assert_eq!(limiter.tracked(), before, "the counts are as before");
+        // So the fifth real failure is still allowed, and only it blocks.
+        fail(&limiter, "ada@example.com", "192.0.2.1")?;
+        assert!(limiter.begin("ada@example.com", "192.0.2.1").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_dropped_first_attempt_leaves_nothing_behind() -> Result<(), Blocked> {
+        let (limiter, _clock) = limiter(DEFAULT_CAPACITY);
+        drop(limiter.begin("ada@example.com", "192.0.2.1")?);
+        assert_eq!(limiter.tracked(), (0, 0));
+        let attempt = limiter.begin("ada@example.com", "192.0.2.1")?;
+        limiter.succeeded(attempt);
+        assert_eq!(limiter.tracked(), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn attempts_dropped_in_flight_give_back_a_whole_burst() -> Result<(), Blocked> {
+        let (limiter, _clock) = limiter(DEFAULT_CAPACITY);
+        let in_flight: Vec<Attempt> = (0..20)
+            .map(|index| limiter.begin(&format!("user-{index}@example.com"), "192.0.2.1"))
+            .collect::<Result<_, _>>()?;
+        assert!(
+            limiter.begin("one-more@example.com", "192.0.2.1").is_err(),
+            "the address is full while the burst is in flight"
+        );
+        drop(in_flight);
+        assert_eq!(limiter.tracked(), (0, 0));
+        assert!(limiter.begin("one-more@example.com", "192.0.2.1").is_ok());
         Ok(())
     }
 }

@@ -2,11 +2,23 @@
 //! and PostgreSQL alike, over sqlx's Any driver with `$n` placeholders. As in the product service,
 //! there is no persistence trait; the integration tests run every case against both databases.
 //!
-//! Rotation hinges on one conditional statement: `UPDATE refresh_tokens SET used_at_us = … WHERE
-//! hash = $1 AND used_at_us IS NULL …`. One statement is atomic in both databases, so of two
-//! concurrent exchanges of the same token exactly one changes a row; the loser sees zero rows and
-//! treats the token as reused. The update is the first statement of its transaction, so SQLite
-//! takes its write lock at once rather than upgrading a read lock (which risks a busy error).
+//! Rotation hinges on two conditional updates in one transaction ([`AuthStore::rotate`]):
+//!
+//! 1. `UPDATE token_families SET revoked_at_us = revoked_at_us WHERE id = $1 AND revoked_at_us IS
+//!    NULL` changes nothing but takes the family row's write lock, and finds no row once the family
+//!    is revoked (or purged). Revocation updates that same row, so a rotation and a revocation of
+//!    one family are serialised: in PostgreSQL (READ COMMITTED) whichever comes second waits for
+//!    the first to commit, and a rotation that waited re-checks `revoked_at_us` on the row the
+//!    revocation wrote. A subquery over `token_families` would not do: it reads a snapshot and
+//!    locks nothing, so a Refresh could succeed just after its family was revoked. SQLite has one
+//!    writer at a time, so there the order is simply that of the transactions.
+//! 2. `UPDATE refresh_tokens SET used_at_us = … WHERE hash = $1 AND used_at_us IS NULL …` marks
+//!    the token used. One statement is atomic in both databases, so of two concurrent exchanges of
+//!    the same token exactly one changes a row; the loser sees zero rows and treats the token as
+//!    reused.
+//!
+//! An update is the first statement of the transaction, so SQLite takes its write lock at once
+//! rather than upgrading a read lock (which risks a busy error).
 //!
 //! Rows are purged once they can no longer matter ([`AuthStore::purge_expired`]): access-token ids
 //! once the token has expired beyond the leeway, refresh tokens once expired (used ones are kept
@@ -166,8 +178,9 @@ impl AuthStore {
 
     /// Exchanges the refresh token `used`: marks it used at `now_us` if it is still unused,
     /// unexpired and its family alive, and stores its successors in the same family, all or
-    /// nothing. Returns `false` when the conditional update changed nothing (the token was used,
-    /// expired or revoked meanwhile), and then writes nothing.
+    /// nothing. The family row is locked first (see the module notes), so a revocation cannot slip
+    /// in between the check and the exchange. Returns `false` when the family is revoked or gone,
+    /// or the token was used or expired meanwhile, and then writes nothing.
     ///
     /// # Errors
     /// Database failures.
@@ -180,10 +193,26 @@ impl AuthStore {
         access: &NewAccess,
     ) -> Result<bool, AuthServiceError> {
         let mut transaction = self.begin().await?;
+        // Locks the family row, or finds it revoked: held until commit, and what a concurrent
+        // revocation must wait for (or what waits for it).
+        let alive = sqlx::query(
+            "UPDATE token_families SET revoked_at_us = revoked_at_us \
+             WHERE id = $1 AND revoked_at_us IS NULL",
+        )
+        .bind(family_id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(AuthServiceError::from_database)?;
+        if alive.rows_affected() == 0 {
+            transaction
+                .rollback()
+                .await
+                .map_err(AuthServiceError::from_database)?;
+            return Ok(false);
+        }
         let marked = sqlx::query(
             "UPDATE refresh_tokens SET used_at_us = $2 \
-             WHERE hash = $1 AND used_at_us IS NULL AND expires_at_us > $2 AND family_id = $3 \
-             AND family_id IN (SELECT id FROM token_families WHERE revoked_at_us IS NULL)",
+             WHERE hash = $1 AND used_at_us IS NULL AND expires_at_us > $2 AND family_id = $3",
         )
         .bind(used.as_str())
         .bind(now_us)
@@ -206,7 +235,8 @@ impl AuthStore {
         Ok(true)
     }
 
-    /// Ends a family at `now_us`; returns whether it was alive until now.
+    /// Ends a family at `now_us`; returns whether it was alive until now. It updates the family's
+    /// row, so it waits for (or is waited for by) a rotation in the same family ([`Self::rotate`]).
     ///
     /// # Errors
     /// Database failures.
@@ -227,7 +257,8 @@ impl AuthStore {
     }
 
     /// Ends the family of the refresh token with this hash, if there is one and it is alive;
-    /// returns whether a family was ended.
+    /// returns whether a family was ended. Like [`Self::revoke_family`], it updates the family's
+    /// row, so it is serialised with rotations of that family.
     ///
     /// # Errors
     /// Database failures.

@@ -4,6 +4,7 @@
 //! every other component verifies with, so the auth service cannot accept what they refuse.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use jsonwebtoken::DecodingKey;
 use platform::auth::{AuthConfig, AuthError, Claims, KeyError, KeySource, PublicJwk, Verifier};
@@ -11,13 +12,23 @@ use platform::auth::{AuthConfig, AuthError, Claims, KeyError, KeySource, PublicJ
 use crate::domain::{TokenRules, new_id};
 use crate::keys::KeyRing;
 
-/// A signed access token and what it says.
-#[derive(Debug, Clone)]
+/// A signed access token and what it says. `Debug` prints the token as `***` (it is a bearer
+/// credential until it expires) and the claims in full.
+#[derive(Clone)]
 pub struct IssuedAccess {
     /// The compact JWT.
     pub token: String,
     /// Its claims.
     pub claims: Claims,
+}
+
+impl fmt::Debug for IssuedAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedAccess")
+            .field("token", &"***")
+            .field("claims", &self.claims)
+            .finish()
+    }
 }
 
 /// Signs and verifies tokens with one [`KeyRing`].
@@ -190,6 +201,19 @@ mod tests {
         assert_eq!(uuid::Uuid::parse_str(&claims.jti)?.get_version_num(), 4);
         let again = tokens.sign_access("user-42", &roles, now)?;
         assert_ne!(again.claims.jti, claims.jti, "every token has its own id");
+
+        let shown = format!("{issued:?}");
+        assert!(shown.contains("token: \"***\""), "{shown}");
+        assert!(
+            shown.contains(&claims.jti),
+            "the claims still print: {shown}"
+        );
+        for part in issued.token.split('.') {
+            assert!(
+                !shown.contains(part),
+                "no part of the token prints: {shown}"
+            );
+        }
         Ok(())
     }
 

@@ -19,7 +19,10 @@ pub struct Bearer {
 
 impl std::fmt::Debug for Bearer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bearer").field("claims", &self.claims).field("token", &"***").finish()
+        f.debug_struct("Bearer")
+            .field("claims", &self.claims)
+            .field("token", &"***")
+            .finish()
     }
 }
 

@@ -6,9 +6,10 @@
 //!
 //! - no account has the email: one is created with the roles `user` and `admin`;
 //! - an account has it and the password matches: it is given the `admin` role if it lacks it;
-//! - an account has it with another password: nothing changes, and a warning says so. Someone
-//!   else may have signed up with that address; promoting their account, or resetting their
-//!   password to one the operator knows, would hand it over.
+//! - an account has it with another password: nothing changes, and a warning says so, and that
+//!   the deployment therefore has no administrator from these settings. Someone else may have
+//!   signed up with that address; promoting their account, or resetting their password to one
+//!   the operator knows, would hand it over.
 //!
 //! Several replicas may start at once: a lost race for the insert, or for the role change, is
 //! resolved by reading the account again.
@@ -41,7 +42,7 @@ pub enum AdminOutcome {
 /// outcome (the account id, never the password); a mismatch is a warning.
 ///
 /// # Errors
-/// Database or hashing failures, or races lost [`ATTEMPTS`] times in a row.
+/// Database or hashing failures, or races lost three times in a row.
 pub async fn ensure_admin(
     store: &UserStore,
     hasher: &Hasher,
@@ -113,9 +114,12 @@ fn log(outcome: &AdminOutcome) {
         AdminOutcome::PasswordMismatch(id) => {
             tracing::warn!(
                 user_id = %id,
-                "an account with FLOTILLA_ADMIN_EMAIL already exists with a different password than \
-                 FLOTILLA_ADMIN_PASSWORD: it was left unchanged (password not overwritten, admin role \
-                 not granted); sign in with its password, or choose another FLOTILLA_ADMIN_EMAIL"
+                "NO ADMINISTRATOR FROM FLOTILLA_ADMIN_EMAIL: this deployment has no administrator \
+                 from these settings. An account with FLOTILLA_ADMIN_EMAIL already exists and its \
+                 password is not FLOTILLA_ADMIN_PASSWORD, so it was left unchanged: its password was \
+                 NOT overwritten and it was NOT given the admin role (it may belong to someone else). \
+                 To fix: set FLOTILLA_ADMIN_PASSWORD to that account's password and restart, or set \
+                 FLOTILLA_ADMIN_EMAIL to an address that has no account"
             );
         }
     }

@@ -1,7 +1,8 @@
 //! The user service's settings: where accounts live, what a password hash costs, and the optional
 //! first administrator. Everything is checked here, at start, so a bad value stops the program
 //! with a message naming the variable before anything is opened (an administrator password that
-//! breaks the policy included; its value is shown as `***`).
+//! breaks the policy included; its value is shown as `***`). Argon2 parameters below OWASP's
+//! minimum are accepted, with a warning logged at start ([`UserConfig::weak_hashing_warning`]).
 
 use std::fmt;
 
@@ -84,6 +85,27 @@ impl UserConfig {
             max_connections: settings.count(DB_MAX_CONNECTIONS, 10)?,
             hash_params: hash_params(settings)?,
             admin: admin_bootstrap(settings)?,
+        })
+    }
+}
+
+impl UserConfig {
+    /// The warning to log at start when the argon2 parameters are below OWASP's minimum
+    /// ([`HashParams::meets_owasp_minimum`]), naming the settings, their values and the minimum;
+    /// `None` when they meet it. Weak parameters are still accepted: tests and local runs use
+    /// them to stay fast.
+    pub fn weak_hashing_warning(&self) -> Option<String> {
+        let params = self.hash_params;
+        (!params.meets_owasp_minimum()).then(|| {
+            format!(
+                "argon2id parameters below OWASP's minimum: {ARGON2_MEMORY_KIB}={}, \
+                 {ARGON2_ITERATIONS}={}, {ARGON2_PARALLELISM}={}; the minimum is \
+                 {DEFAULT_MEMORY_KIB} KiB, {DEFAULT_ITERATIONS} iterations, \
+                 {DEFAULT_PARALLELISM} lane (or an OWASP equivalent such as 47104 KiB with 1 \
+                 iteration). Stolen password hashes are cheaper to crack: fine for tests, not for \
+                 real accounts",
+                params.memory_kib, params.iterations, params.parallelism
+            )
         })
     }
 }
@@ -297,6 +319,30 @@ mod tests {
         assert!(too_little.contains("at least 32"), "{too_little}");
         let bare = error_of(&[("FLOTILLA_ARGON2_MEMORY_KIB", "19 MiB")]);
         assert!(bare.starts_with("FLOTILLA_ARGON2_MEMORY_KIB="), "{bare}");
+    }
+
+    #[test]
+    fn weak_argon2_parameters_are_accepted_with_a_warning() -> Result<(), ConfigError> {
+        assert_eq!(parse(&[])?.weak_hashing_warning(), None);
+        let strong = parse(&[
+            ("FLOTILLA_ARGON2_MEMORY_KIB", "47104"),
+            ("FLOTILLA_ARGON2_ITERATIONS", "1"),
+        ])?;
+        assert_eq!(strong.weak_hashing_warning(), None);
+        let weak = parse(&[
+            ("FLOTILLA_ARGON2_MEMORY_KIB", "1024"),
+            ("FLOTILLA_ARGON2_ITERATIONS", "1"),
+        ])?;
+        let warning = weak.weak_hashing_warning().unwrap_or_default();
+        for part in [
+            "FLOTILLA_ARGON2_MEMORY_KIB=1024",
+            "FLOTILLA_ARGON2_ITERATIONS=1",
+            "FLOTILLA_ARGON2_PARALLELISM=1",
+            "19456 KiB, 2 iterations, 1 lane",
+        ] {
+            assert!(warning.contains(part), "{part} missing from {warning}");
+        }
+        Ok(())
     }
 
     #[test]

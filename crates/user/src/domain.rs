@@ -347,8 +347,8 @@ impl Account {
     }
 }
 
-/// A sign-up as it arrives, unchecked.
-#[derive(Debug, Clone, Default)]
+/// A sign-up as it arrives, unchecked. `Debug` leaves the password out.
+#[derive(Clone, Default)]
 pub struct RawNewUser {
     /// Email address as typed.
     pub email: String,
@@ -367,6 +367,16 @@ pub struct NewUser {
     pub password: Password,
     /// Trimmed display name.
     pub name: String,
+}
+
+impl std::fmt::Debug for RawNewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawNewUser")
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl RawNewUser {

@@ -2,7 +2,9 @@
 //! can act on, except where acting on it would help an attacker: every failed sign-in is the same
 //! UNAUTHENTICATED "invalid credentials", and another person's account is PERMISSION_DENIED whether
 //! it exists or not. Storage and hashing failures are logged here once and reach the client as a
-//! bare "internal error" or "temporarily unavailable", never SQL text, a password or a hash.
+//! bare "internal error" or "temporarily unavailable", never SQL text, a password or a hash; a
+//! request refused because password hashing is at capacity is UNAVAILABLE "the service is busy;
+//! retry later".
 
 use platform::auth::AuthError;
 use platform::pagination::PageError;
@@ -14,6 +16,19 @@ use crate::password::HashError;
 /// The one message of every failed sign-in: unknown email, wrong password and malformed email
 /// alike, so the answer does not tell which accounts exist.
 pub const INVALID_CREDENTIALS: &str = "invalid credentials";
+
+/// The message of a request refused because password hashing is at capacity
+/// ([`HashError::Busy`]), sent with the code UNAVAILABLE.
+///
+/// UNAVAILABLE rather than RESOURCE_EXHAUSTED: the whole service is at capacity for a moment, not
+/// this caller over a quota of its own, and retrying after a short backoff is the remedy. gRPC's
+/// status code guide reserves RESOURCE_EXHAUSTED for "a per-user quota, or perhaps the entire file
+/// system is out of space", and describes UNAVAILABLE as "most likely a transient condition, which
+/// can be corrected by retrying with a backoff". In Flotilla, RESOURCE_EXHAUSTED already means the
+/// caller's own excess (the auth service's per-client sign-in limit, HTTP 429 at the gateway); this
+/// is the server's (HTTP 503), and the auth service already treats a user service's UNAVAILABLE as
+/// "temporarily unavailable" rather than a failed sign-in.
+pub const BUSY: &str = "the service is busy; retry later";
 
 /// Everything that can go wrong in the user service.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +90,11 @@ impl From<UserError> for Status {
             UserError::Auth(auth) => Status::from(auth),
             UserError::NotYours => Status::new(Code::PermissionDenied, error.to_string()),
             UserError::NotFound(_) => Status::new(Code::NotFound, error.to_string()),
+            // UNAVAILABLE, not RESOURCE_EXHAUSTED: see [`BUSY`].
+            UserError::Hashing(HashError::Busy) => {
+                tracing::warn!(%error, "refused a request: password hashing at capacity");
+                Status::new(Code::Unavailable, BUSY)
+            }
             UserError::Hashing(_) => {
                 tracing::error!(%error, "password hashing failed");
                 Status::new(Code::Internal, "internal error")
@@ -122,6 +142,7 @@ mod tests {
                 Code::Unavailable,
             ),
             (UserError::Hashing(HashError::Task), Code::Internal),
+            (UserError::Hashing(HashError::Busy), Code::Unavailable),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
@@ -138,6 +159,10 @@ mod tests {
         assert_eq!(
             Status::from(UserError::EmailTaken).message(),
             "an account with this email already exists"
+        );
+        assert_eq!(
+            Status::from(UserError::Hashing(HashError::Busy)).message(),
+            "the service is busy; retry later"
         );
     }
 

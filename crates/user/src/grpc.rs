@@ -15,7 +15,9 @@ use platform::proto::user::v1::health_check_response::Status as Health;
 use platform::time::{now_micros, timestamp_from_micros};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Account, Cursor, Email, Password, RawNewUser, Roles, User, UserId};
+use crate::domain::{
+    Account, Cursor, Email, Password, PasswordHash, RawNewUser, Roles, User, UserId,
+};
 use crate::error::UserError;
 use crate::password::Hasher;
 use crate::store::UserStore;
@@ -66,6 +68,12 @@ impl UserApi {
             name: request.name,
         }
         .validate()?;
+        // A taken email is refused before the costly hash, so it cannot be used to ask for
+        // argon2 work. The answer is the one the insert would give; the UNIQUE constraint still
+        // decides a race between this look and the insert.
+        if self.store.email_taken(&new_user.email).await? {
+            return Err(UserError::EmailTaken);
+        }
         let password_hash = self.hasher.hash(new_user.password).await?;
         let account = Account::new(
             new_user.email,
@@ -81,6 +89,8 @@ impl UserApi {
 
     /// Every failure is [`UserError::InvalidCredentials`], and an unknown email costs a password
     /// check like a known one (see `password.rs`). A malformed email is simply an unknown one.
+    /// A matching password whose hash was made with other argon2 parameters is rehashed at the
+    /// current ones and stored, best effort (see [`UserApi::store_upgraded_hash`]).
     async fn authenticate(
         &self,
         request: pb::AuthenticateUserRequest,
@@ -98,16 +108,48 @@ impl UserApi {
             Some(account) => (Some(account.user), Some(account.password_hash)),
             None => (None, None),
         };
-        let matched = self.hasher.verify(password, stored_hash).await?;
-        match user {
-            Some(user) if matched => {
+        let checked = self
+            .hasher
+            .verify_and_upgrade(password, stored_hash.clone())
+            .await?;
+        match (user, stored_hash) {
+            (Some(user), Some(stored_hash)) if checked.matched => {
                 tracing::info!(user_id = %user.id, "password checked");
+                if let Some(fresh) = checked.upgraded {
+                    self.store_upgraded_hash(&user.id, &stored_hash, &fresh)
+                        .await;
+                }
                 Ok(to_proto(&user))
             }
             _ => {
                 // Neither the email nor the password is logged: people type one into the other.
                 tracing::info!("sign-in refused: invalid credentials");
                 Err(UserError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Stores `fresh` in place of `stored`, the hash a sign-in just matched: best effort, so a
+    /// failure is logged and the sign-in goes on (the next one tries again). Conditional on the
+    /// stored hash being unchanged, so a concurrent change is never overwritten.
+    async fn store_upgraded_hash(&self, id: &UserId, stored: &PasswordHash, fresh: &PasswordHash) {
+        match self.store.replace_password_hash(id, stored, fresh).await {
+            Ok(true) => {
+                tracing::info!(user_id = %id, "password rehashed at the current argon2 parameters");
+            }
+            Ok(false) => {
+                tracing::info!(
+                    user_id = %id,
+                    "password not rehashed: the account changed since it was read"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(
+                    user_id = %id,
+                    %error,
+                    "could not store the password rehashed at the current argon2 parameters; \
+                     the sign-in goes on with the old hash, and the next one tries again"
+                );
             }
         }
     }
@@ -256,6 +298,39 @@ mod tests {
                 .mismatches("flotilla.user.v1.NoSuchService")
                 .is_empty()
         );
+    }
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn sign_up(email: &str) -> pb::CreateUserRequest {
+        pb::CreateUserRequest {
+            email: email.into(),
+            password: "a good long password".into(),
+            name: "Somebody".into(),
+        }
+    }
+
+    /// With every sign-up permit held, a sign-up that reached the hash would wait
+    /// [`crate::password::PERMIT_WAIT`] and fail as busy: ALREADY_EXISTS shows it never got there.
+    #[tokio::test]
+    async fn a_taken_email_is_refused_before_any_hashing() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let url = platform::database::sqlite_url(&dir.path().join("user.db"));
+        let store = UserStore::open(&url, 2).await?;
+        let hasher = Hasher::new(crate::password::HashParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        })
+        .await?;
+        let api = UserApi::new(store.clone(), hasher.clone());
+        api.create(sign_up("taken@example.com")).await?;
+
+        let _in_flight = hasher.saturate_sign_ups().await?;
+        let again = api.create(sign_up("taken@EXAMPLE.com")).await;
+        assert!(matches!(again, Err(UserError::EmailTaken)), "{again:?}");
+        store.database().close().await;
+        Ok(())
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! account is for its owner or an administrator, listing accounts is for administrators.
 //!
 //! Rooms as in every service (`config`, `domain`, `store`, `grpc`, `error`), plus `password`
-//! (argon2id off the async runtime, bounded, with equal work for unknown emails) and `bootstrap`
+//! (argon2id off the async runtime; bounded in work and in waiting, with a share kept for
+//! sign-ins; equal work for unknown emails; rehashing at new parameters on sign-in) and `bootstrap`
 //! (the first administrator from the settings).
 
 pub mod bootstrap;
@@ -49,13 +50,17 @@ pub enum BuildError {
     AdminBootstrap(#[source] error::UserError),
 }
 
-/// Opens the store (migrating it), prepares the password hasher, makes sure of the configured
-/// administrator, and builds the service.
+/// Warns when the argon2 parameters are below OWASP's minimum, opens the store (migrating it),
+/// prepares the password hasher, makes sure of the configured administrator, and builds the
+/// service.
 ///
 /// # Errors
 /// [`BuildError`] when the database cannot be reached or migrated, argon2 refuses its parameters,
 /// or the administrator cannot be read or written.
 pub async fn build(config: &UserConfig) -> Result<BuiltUser, BuildError> {
+    if let Some(warning) = config.weak_hashing_warning() {
+        tracing::warn!("{warning}");
+    }
     let store = UserStore::open(&config.database_url, config.max_connections).await?;
     let hasher = Hasher::new(config.hash_params).await?;
     if let Some(admin) = &config.admin {

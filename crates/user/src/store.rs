@@ -8,8 +8,12 @@
 //! comma-separated column ([`Roles::to_column`]); they change only through a conditional update
 //! (`… WHERE roles = <what was read>`), so a concurrent change is never overwritten.
 //!
+//! A sign-up is refused early when [`UserStore::email_taken`] finds the address, so a taken email
+//! costs no password hash; the constraint still settles the race between that look and the insert.
+//!
 //! Only [`UserStore::find_by_email`] reads the password hash, for a sign-in; every other read
-//! leaves the column out.
+//! leaves the column out. [`UserStore::replace_password_hash`] writes it, conditionally, when a
+//! sign-in rehashes a password at new argon2 parameters.
 
 use platform::database::{Database, DatabaseError};
 use platform::sqlx::any::AnyRow;
@@ -24,6 +28,7 @@ const SELECT_BY_ID: &str = "SELECT id, email, name, roles, created_at_us, update
      FROM users WHERE id = $1";
 const SELECT_BY_EMAIL: &str = "SELECT id, email, name, roles, created_at_us, updated_at_us, \
      password_hash FROM users WHERE email = $1";
+const EMAIL_EXISTS: &str = "SELECT id FROM users WHERE email = $1";
 const LIST_FIRST: &str = "SELECT id, email, name, roles, created_at_us, updated_at_us \
      FROM users ORDER BY created_at_us, id LIMIT $1";
 const LIST_AFTER: &str = "SELECT id, email, name, roles, created_at_us, updated_at_us \
@@ -33,6 +38,8 @@ const INSERT: &str = "INSERT INTO users (id, email, name, password_hash, roles, 
      updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 const SET_ROLES: &str = "UPDATE users SET roles = $1, updated_at_us = $2 \
      WHERE id = $3 AND roles = $4";
+const SET_PASSWORD_HASH: &str = "UPDATE users SET password_hash = $1 \
+     WHERE id = $2 AND password_hash = $3";
 
 /// The account table of one database.
 #[derive(Debug, Clone)]
@@ -81,6 +88,21 @@ impl UserStore {
             }
             Err(error) => Err(UserError::from_database(error)),
         }
+    }
+
+    /// Whether the normalised email has an account: lets a sign-up be refused before its
+    /// password is hashed. Only a hint, for the cheap answer: [`UserStore::insert`] and the
+    /// `UNIQUE (email)` constraint still decide a race between two sign-ups.
+    ///
+    /// # Errors
+    /// [`UserError::Unavailable`] or [`UserError::Storage`] when the database fails.
+    pub async fn email_taken(&self, email: &Email) -> Result<bool, UserError> {
+        let row = sqlx::query(EMAIL_EXISTS)
+            .bind(email.as_str())
+            .fetch_optional(self.database.pool())
+            .await
+            .map_err(UserError::from_database)?;
+        Ok(row.is_some())
     }
 
     /// One account, if it exists; without its password hash.
@@ -155,6 +177,29 @@ impl UserStore {
             .bind(now_us)
             .bind(id.as_str())
             .bind(expected.to_column())
+            .execute(self.database.pool())
+            .await
+            .map_err(UserError::from_database)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Replaces the password hash of `id` with `fresh`, only if it is still `expected` (the hash
+    /// `fresh` was made to replace). Returns whether the row was written: `false` when the account
+    /// is gone or its hash changed meanwhile. For rehashing at new parameters, which changes
+    /// neither the password nor anything a reader sees, so `updated_at_us` is left alone.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn replace_password_hash(
+        &self,
+        id: &UserId,
+        expected: &PasswordHash,
+        fresh: &PasswordHash,
+    ) -> Result<bool, UserError> {
+        let result = sqlx::query(SET_PASSWORD_HASH)
+            .bind(fresh.as_phc())
+            .bind(id.as_str())
+            .bind(expected.as_phc())
             .execute(self.database.pool())
             .await
             .map_err(UserError::from_database)?;

@@ -1,7 +1,7 @@
 //! The rules of `domain`: login input, account and client keys, claims, refresh tokens and their
 //! verdicts.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use super::*;
@@ -50,24 +50,69 @@ fn accounts_are_counted_by_normalised_email() -> Result<(), ValidationError> {
 
 #[test]
 fn the_client_is_the_first_forwarded_address_or_the_peer() {
-    let peer = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    let proxy = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let trusted = [proxy];
+    let peer = Some(proxy);
     assert_eq!(
-        client_key(Some("203.0.113.9, 10.0.0.2"), peer),
+        client_key(Some("203.0.113.9, 10.0.0.2"), peer, &trusted),
         "203.0.113.9"
     );
-    assert_eq!(client_key(None, peer), "10.0.0.1");
+    assert_eq!(client_key(None, peer, &trusted), "10.0.0.1");
     assert_eq!(
-        client_key(Some("not an address"), peer),
+        client_key(Some("not an address"), peer, &trusted),
         "10.0.0.1",
         "garbage falls back to the peer, and never becomes a key of its own"
     );
-    assert_eq!(client_key(Some("::ffff:192.0.2.7"), None), "192.0.2.7");
     assert_eq!(
-        client_key(Some("2001:db8:1:2:3:4:5:6"), None),
-        client_key(Some("2001:db8:1:2:ffff::1"), None),
+        client_key(Some("::ffff:192.0.2.7"), peer, &trusted),
+        "192.0.2.7"
+    );
+    assert_eq!(
+        client_key(Some("2001:db8:1:2:3:4:5:6"), peer, &trusted),
+        client_key(Some("2001:db8:1:2:ffff::1"), peer, &trusted),
         "one IPv6 /64 is one client"
     );
-    assert_eq!(client_key(None, None), "unknown");
+    assert_eq!(client_key(None, None, &trusted), "unknown");
+}
+
+#[test]
+fn only_a_trusted_proxy_names_the_client() {
+    let trusted = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    let direct = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 4)));
+    assert_eq!(
+        client_key(Some("203.0.113.9"), direct, &trusted),
+        "198.51.100.4",
+        "a direct caller cannot pick its own key"
+    );
+    assert_eq!(
+        client_key(Some("203.0.113.9"), None, &trusted),
+        "unknown",
+        "no peer, no proxy to trust"
+    );
+    let loopback = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(
+        client_key(Some("203.0.113.9"), loopback, &[]),
+        "127.0.0.1",
+        "an empty list trusts no proxy"
+    );
+    assert_eq!(
+        client_key(Some("203.0.113.9"), loopback, &trusted),
+        "203.0.113.9"
+    );
+    let mapped = Some(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()));
+    assert_eq!(
+        client_key(Some("203.0.113.9"), mapped, &trusted),
+        "203.0.113.9",
+        "a dual-stack socket's ::ffff:127.0.0.1 is 127.0.0.1"
+    );
+    let v6_loopback = Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    assert_eq!(
+        client_key(Some("203.0.113.9"), v6_loopback, &trusted),
+        "203.0.113.9"
+    );
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! A fake user service on a real socket: `AuthenticateUser` accepts one email and password, and
 //! only with a valid service token (verified as the real user service would, with
 //! `platform::auth::Verifier`, and holding the `service` role). Everything else is unimplemented.
+//! It can be made slow ([`FakeUserService::set_delay`]), to drive logins past a deadline.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use platform::auth::{AuthError, Claims, ROLE_SERVICE, Verifier, bearer_token};
 use platform::proto::user::v1 as pb;
@@ -52,6 +54,7 @@ impl Seen {
 struct FakeUsers {
     verifier: Verifier,
     seen: Arc<Seen>,
+    delay: Arc<Mutex<Duration>>,
 }
 
 /// The fake, listening on 127.0.0.1; stopped when dropped.
@@ -60,6 +63,7 @@ pub struct FakeUserService {
     pub addr: SocketAddr,
     /// What it saw.
     pub seen: Arc<Seen>,
+    delay: Arc<Mutex<Duration>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -69,9 +73,11 @@ impl FakeUserService {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen::default());
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
         let service = UserServiceServer::new(FakeUsers {
             verifier,
             seen: seen.clone(),
+            delay: delay.clone(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(
@@ -84,8 +90,16 @@ impl FakeUserService {
         Ok(Self {
             addr,
             seen,
+            delay,
             stop: Some(stop),
         })
+    }
+
+    /// Makes every later `AuthenticateUser` wait `delay` before it answers.
+    pub fn set_delay(&self, delay: Duration) {
+        if let Ok(mut current) = self.delay.lock() {
+            *current = delay;
+        }
     }
 
     /// Its endpoint URL.
@@ -109,6 +123,10 @@ impl UserService for FakeUsers {
         request: Request<pb::AuthenticateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay.lock().map(|delay| *delay).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         // As platform's AuthLayer would: the bearer token must verify and hold the service role.
         let headers = request.metadata().clone().into_headers();
         let token = bearer_token(&headers)

@@ -1,5 +1,6 @@
-//! Login: the token pair, wrong credentials, the failed-login limits, and a user service that is
-//! down or refuses the auth service's own token.
+//! Login: the token pair, wrong credentials, the failed-login limits (and whose `x-forwarded-for`
+//! they believe), logins cancelled mid-call, and a user service that is down or refuses the auth
+//! service's own token.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use platform::auth::{ROLE_SERVICE, SigningKey};
 use tonic::Code;
 
 use crate::fake_user::{self, EMAIL, FakeUserService, PASSWORD, USER_ID};
-use crate::{Harness, Mode, TestDb, TestResult, both, failure, verifier_for};
+use crate::{GATEWAY_PEER, Harness, Mode, TestDb, TestResult, both, failure, verifier_for};
 
 both!(login_issues_a_pair_whose_access_token_verifies);
 async fn login_issues_a_pair_whose_access_token_verifies(db: TestDb) -> TestResult {
@@ -132,6 +133,101 @@ async fn the_address_limit_follows_the_forwarded_client(db: TestDb) -> TestResul
     harness
         .login_from(Some("203.0.113.6"), EMAIL, PASSWORD)
         .await?;
+    harness.finish().await;
+    Ok(())
+}
+
+both!(a_forwarded_address_is_believed_only_from_a_trusted_proxy);
+async fn a_forwarded_address_is_believed_only_from_a_trusted_proxy(db: TestDb) -> TestResult {
+    // Trust one proxy that is not loopback: the default's loopback is now an ordinary caller.
+    let harness = Harness::start_with(
+        &db,
+        Mode::Ed25519,
+        &[("FLOTILLA_AUTH_TRUSTED_PROXIES", "10.9.8.7")],
+    )
+    .await?;
+    let proxy = "10.9.8.7:45000".parse()?;
+    let direct = GATEWAY_PEER.parse()?;
+    // A direct caller making up a new x-forwarded-for for every guess: all counted under its own
+    // address, so the 21st is refused whatever it claims to be.
+    for index in 0..20 {
+        let claimed = format!("198.51.100.{index}");
+        let email = format!("guess-{index}@example.com");
+        let result = harness
+            .login_via(Some(direct), Some(&claimed), &email, "guess")
+            .await;
+        assert_eq!(failure(result).0, Code::Unauthenticated);
+    }
+    let spoofed = harness
+        .login_via(Some(direct), Some("198.51.100.250"), EMAIL, PASSWORD)
+        .await;
+    assert_eq!(failure(spoofed).0, Code::ResourceExhausted);
+    // Through the trusted proxy, the header names the client: another client is not affected...
+    harness
+        .login_via(Some(proxy), Some("198.51.100.250"), EMAIL, PASSWORD)
+        .await?;
+    // ...and without the header the proxy is keyed by its own address, also not charged.
+    harness
+        .login_via(Some(proxy), None, EMAIL, PASSWORD)
+        .await?;
+    harness.finish().await;
+    Ok(())
+}
+
+both!(an_empty_proxy_list_believes_no_header);
+async fn an_empty_proxy_list_believes_no_header(db: TestDb) -> TestResult {
+    let harness =
+        Harness::start_with(&db, Mode::Ed25519, &[("FLOTILLA_AUTH_TRUSTED_PROXIES", "")]).await?;
+    for index in 0..20 {
+        let claimed = format!("198.51.100.{index}");
+        let email = format!("guess-{index}@example.com");
+        let result = harness.login_from(Some(&claimed), &email, "guess").await;
+        assert_eq!(failure(result).0, Code::Unauthenticated);
+    }
+    let blocked = harness
+        .login_from(Some("203.0.113.77"), EMAIL, PASSWORD)
+        .await;
+    assert_eq!(
+        failure(blocked).0,
+        Code::ResourceExhausted,
+        "even loopback's header is ignored: all twenty counted under 127.0.0.1"
+    );
+    harness.finish().await;
+    Ok(())
+}
+
+both!(a_login_cancelled_mid_call_is_not_a_failure);
+async fn a_login_cancelled_mid_call_is_not_a_failure(db: TestDb) -> TestResult {
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    // The user service is slow: every login outlives its caller's deadline (the gateway's is 3 s),
+    // and tonic drops the handler with the call in flight.
+    harness.users.set_delay(Duration::from_secs(30));
+    for attempt in 0..7 {
+        let login = harness.login_from(Some("203.0.113.5"), EMAIL, "wrong password");
+        let outcome = tokio::time::timeout(Duration::from_millis(300), login).await;
+        assert!(
+            outcome.is_err(),
+            "attempt {attempt} should still be waiting on the user service, not be refused:              {outcome:?}"
+        );
+    }
+    // None of the seven is charged: with the user service answering again, the right password
+    // works, and five real failures are still needed to block the account.
+    harness.users.set_delay(Duration::ZERO);
+    harness.login(EMAIL, PASSWORD).await?;
+    for _ in 0..4 {
+        let _ = harness.login(EMAIL, "wrong password").await;
+    }
+    harness
+        .login_from(Some("203.0.113.5"), EMAIL, PASSWORD)
+        .await?;
+    for _ in 0..5 {
+        let _ = harness.login(EMAIL, "wrong password").await;
+    }
+    assert_eq!(
+        failure(harness.login(EMAIL, PASSWORD).await).0,
+        Code::ResourceExhausted,
+        "answered failures still count"
+    );
     harness.finish().await;
     Ok(())
 }

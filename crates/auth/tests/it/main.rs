@@ -8,6 +8,7 @@ mod refresh;
 mod validate;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,12 +18,16 @@ use platform::config::Settings;
 use platform::proto::auth::v1 as pb;
 use platform::proto::auth::v1::auth_service_server::AuthService;
 use test_support::postgres::TestDatabase;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Status};
 
 use crate::fake_user::FakeUserService;
 
 /// What a case returns.
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Where the gateway calls from under `flotilla up`: loopback, a trusted proxy by default.
+pub const GATEWAY_PEER: &str = "127.0.0.1:41000";
 
 /// The shared secret of the shared-secret cases.
 pub const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
@@ -207,10 +212,26 @@ impl Harness {
         self.login_from(None, email, password).await
     }
 
-    /// Logs in as a gateway would on behalf of `client` (`x-forwarded-for`).
+    /// Logs in as a gateway would on behalf of `client` (`x-forwarded-for`), from
+    /// [`GATEWAY_PEER`].
     pub async fn login_from(
         &self,
         client: Option<&str>,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::TokenPair, Status> {
+        let peer = GATEWAY_PEER
+            .parse()
+            .map_err(|_| Status::internal("test: bad peer"))?;
+        self.login_via(Some(peer), client, email, password).await
+    }
+
+    /// Logs in over a connection from `peer` (`None`: no peer address is known), sending
+    /// `forwarded_for` as `x-forwarded-for` when given.
+    pub async fn login_via(
+        &self,
+        peer: Option<SocketAddr>,
+        forwarded_for: Option<&str>,
         email: &str,
         password: &str,
     ) -> Result<pb::TokenPair, Status> {
@@ -218,11 +239,18 @@ impl Harness {
             email: email.to_owned(),
             password: password.to_owned(),
         });
-        if let Some(client) = client {
+        if let Some(client) = forwarded_for {
             let value = client
                 .parse()
                 .map_err(|_| Status::internal("test: bad address"))?;
             request.metadata_mut().insert("x-forwarded-for", value);
+        }
+        if peer.is_some() {
+            // What tonic's server puts in every request it accepts over TCP.
+            request.extensions_mut().insert(TcpConnectInfo {
+                local_addr: None,
+                remote_addr: peer,
+            });
         }
         self.api
             .login(request)

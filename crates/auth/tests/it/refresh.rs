@@ -1,9 +1,11 @@
-//! Refresh tokens: rotation, reuse detection, logout, expiry, the race for one token, and the purge
-//! of what has expired.
+//! Refresh tokens: rotation, reuse detection, logout, expiry, the race for one token, a revocation
+//! racing a rotation, and the purge of what has expired (on demand and in the background).
 
 use std::time::Duration;
 
-use auth::domain::{AccessTokenStatus, TokenHash};
+use auth::domain::{AccessTokenStatus, RefreshToken, TokenHash};
+use auth::store::{NewAccess, NewRefresh};
+use platform::sqlx;
 use tonic::Code;
 
 use crate::fake_user::{self, EMAIL, PASSWORD, USER_ID};
@@ -128,6 +130,101 @@ async fn two_exchanges_of_one_token_cannot_both_win(db: TestDb) -> TestResult {
     Ok(())
 }
 
+both!(a_revoked_family_cannot_rotate);
+async fn a_revoked_family_cannot_rotate(db: TestDb) -> TestResult {
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    let store = harness.api.store().clone();
+    let now = auth::Clock::now_micros(harness.clock.as_ref());
+    let successor = |now: i64| -> Result<(NewRefresh, NewAccess), Box<dyn std::error::Error>> {
+        Ok((
+            NewRefresh {
+                hash: RefreshToken::generate()?.hash(),
+                issued_at_us: now,
+                expires_at_us: now + 3_600_000_000,
+            },
+            NewAccess {
+                jti: uuid::Uuid::new_v4().to_string(),
+                expires_at_us: now + 900_000_000,
+            },
+        ))
+    };
+
+    // In sequence: a Refresh that read its token before the revocation, and exchanges it after.
+    let pair = harness.login(EMAIL, PASSWORD).await?;
+    let hash = TokenHash::of_presented(&pair.refresh_token).ok_or("well-formed")?;
+    let stored = store.find_refresh(&hash).await?.ok_or("stored")?;
+    assert!(store.revoke_family(&stored.family_id, now).await?);
+    let (next, access) = successor(now)?;
+    assert!(
+        !store
+            .rotate(&hash, now, &stored.family_id, &next, &access)
+            .await?,
+        "a revoked family's token is not exchanged"
+    );
+    assert!(
+        store.find_refresh(&next.hash).await?.is_none(),
+        "nothing written"
+    );
+    assert!(invalid(harness.refresh(&pair.refresh_token).await));
+
+    // Concurrently: the revocation holds its transaction open while the rotation starts. The
+    // rotation must wait for it and then see the family revoked (in PostgreSQL a snapshot read of
+    // the family would have let it through).
+    let pair = harness.login(EMAIL, PASSWORD).await?;
+    let hash = TokenHash::of_presented(&pair.refresh_token).ok_or("well-formed")?;
+    let stored = store.find_refresh(&hash).await?.ok_or("stored")?;
+    let mut revocation = store.database().pool().begin().await?;
+    let revoked = sqlx::query(
+        "UPDATE token_families SET revoked_at_us = $2 WHERE id = $1 AND revoked_at_us IS NULL",
+    )
+    .bind(stored.family_id.as_str())
+    .bind(now)
+    .execute(&mut *revocation)
+    .await?;
+    assert_eq!(revoked.rows_affected(), 1);
+    let (next, access) = successor(now)?;
+    let rotation = tokio::spawn({
+        let store = store.clone();
+        let family_id = stored.family_id.clone();
+        let next = next.clone();
+        async move { store.rotate(&hash, now, &family_id, &next, &access).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !rotation.is_finished(),
+        "the rotation waits for the revocation's lock"
+    );
+    revocation.commit().await?;
+    assert!(!rotation.await??, "the rotation sees the family revoked");
+    assert!(
+        store.find_refresh(&next.hash).await?.is_none(),
+        "nothing written"
+    );
+    assert!(invalid(harness.refresh(&pair.refresh_token).await));
+    harness.finish().await;
+    Ok(())
+}
+
+both!(a_rotation_holds_off_a_revocation_until_it_commits);
+async fn a_rotation_holds_off_a_revocation_until_it_commits(db: TestDb) -> TestResult {
+    // The other order: a revocation that comes while a rotation is in flight ends the family
+    // after it, successors included.
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    let pair = harness.login(EMAIL, PASSWORD).await?;
+    let (left, right) = tokio::join!(
+        harness.refresh(&pair.refresh_token),
+        harness.revoke(&pair.refresh_token)
+    );
+    right?;
+    if let Ok(successor) = left {
+        assert!(invalid(harness.refresh(&successor.refresh_token).await));
+        assert!(harness.validate(&successor.access_token).await.is_err());
+    }
+    assert!(invalid(harness.refresh(&pair.refresh_token).await));
+    harness.finish().await;
+    Ok(())
+}
+
 both!(expired_rows_are_purged);
 async fn expired_rows_are_purged(db: TestDb) -> TestResult {
     let harness = Harness::start(&db, Mode::Ed25519).await?;
@@ -137,9 +234,18 @@ async fn expired_rows_are_purged(db: TestDb) -> TestResult {
     let store = harness.api.store().clone();
     assert!(store.find_refresh(&hash).await?.is_some());
 
-    // Eight days later, a login finds the purge due.
+    // Eight days later, a login and a purge (what the background task runs every minute).
     harness.clock.advance(Duration::from_secs(8 * 24 * 3600));
     let fresh = harness.login(EMAIL, PASSWORD).await?;
+    assert!(
+        store.find_refresh(&hash).await?.is_some(),
+        "requests never purge: that is the background task's job"
+    );
+    let purged = harness.api.purge_expired().await?;
+    assert_eq!(
+        (purged.access_tokens, purged.refresh_tokens, purged.families),
+        (1, 1, 1)
+    );
     assert!(store.find_refresh(&hash).await?.is_none());
     assert_eq!(
         store.access_token_status(&jti).await?,
@@ -151,5 +257,59 @@ async fn expired_rows_are_purged(db: TestDb) -> TestResult {
         "live tokens stay"
     );
     harness.finish().await;
+    Ok(())
+}
+
+both!(the_purge_task_runs_until_the_database_closes);
+async fn the_purge_task_runs_until_the_database_closes(db: TestDb) -> TestResult {
+    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    let old = harness.login(EMAIL, PASSWORD).await?;
+    let hash = TokenHash::of_presented(&old.refresh_token).ok_or("a well-formed token")?;
+    let store = harness.api.store().clone();
+    let purger = auth::Purger::spawn(harness.api.clone(), Duration::from_millis(20));
+
+    harness.clock.advance(Duration::from_secs(8 * 24 * 3600));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.find_refresh(&hash).await?.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the background purge removed nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!purger.is_finished());
+
+    // Shutdown closes the database; the task ends with it.
+    store.database().close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !purger.is_finished() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the purge task outlived its database"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    harness.finish().await;
+    Ok(())
+}
+
+both!(build_starts_a_purge_task_that_stop_ends);
+async fn build_starts_a_purge_task_that_stop_ends(db: TestDb) -> TestResult {
+    auth::ensure_key_file(&db.key_file())?;
+    let key_file = db.key_file().display().to_string();
+    let config = auth::AuthServiceConfig::from_settings(
+        &platform::config::Settings::from_pairs([
+            ("DATABASE_URL", db.url.as_str()),
+            ("FLOTILLA_JWT_KEY_FILE", key_file.as_str()),
+        ]),
+        "DATABASE_URL",
+        "sqlite://unused.db",
+        None,
+    )?;
+    let built = auth::build(&config).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!built.purger.is_finished(), "it runs until told otherwise");
+    built.purger.stop().await;
+    built.database.close().await;
     Ok(())
 }

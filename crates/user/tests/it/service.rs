@@ -3,11 +3,13 @@
 //! to act as a user, another user, an administrator or Flotilla's auth service.
 
 use platform::auth::{Claims, ROLE_ADMIN, ROLE_SERVICE, ROLE_USER};
+use platform::database::Dialect;
 use platform::proto::user::v1 as pb;
 use platform::proto::user::v1::health_check_response::Status as Health;
 use platform::proto::user::v1::user_service_server::UserService;
 use tonic::{Code, Request, Status};
-use user::domain::Cursor;
+use user::domain::{Cursor, Email, PasswordHash};
+use user::password::{HashParams, Hasher};
 use user::{UserApi, UserStore};
 
 use crate::{both, claims};
@@ -315,5 +317,110 @@ async fn health_follows_the_database(store: UserStore) -> TestResult {
     let closed = api.health_check(Request::new(())).await?.into_inner();
     assert_eq!(closed.status(), Health::NotServing);
     assert!(closed.timestamp.is_some());
+    Ok(())
+}
+
+/// Stronger than [`crate::FAST`], still cheap: what an operator raising the parameters looks like.
+const RAISED: HashParams = HashParams {
+    memory_kib: 2048,
+    iterations: 2,
+    parallelism: 1,
+};
+
+/// The stored hash of `email`'s account.
+async fn stored_hash(store: &UserStore, email: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let account = store
+        .find_by_email(&Email::parse("email", email)?)
+        .await?
+        .ok_or("no such account")?;
+    Ok(account.password_hash.as_phc().to_owned())
+}
+
+both!(a_sign_in_rehashes_a_password_made_with_other_parameters);
+async fn a_sign_in_rehashes_a_password_made_with_other_parameters(store: UserStore) -> TestResult {
+    let password = "upgrade me on sign-in";
+    let old = crate::api(store.clone()).await?;
+    let created = create(&old, "henry@example.com", password, "Henry").await?;
+    let before = stored_hash(&store, "henry@example.com").await?;
+    assert!(
+        before.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"),
+        "{before}"
+    );
+
+    let hasher = Hasher::new(RAISED).await?;
+    let raised = UserApi::new(store.clone(), hasher.clone());
+    let service = service();
+    // A wrong password changes nothing.
+    let wrong = authenticate(
+        &raised,
+        "henry@example.com",
+        "not his password",
+        Some(&service),
+    );
+    assert_eq!(failure(wrong.await).0, Code::Unauthenticated);
+    assert_eq!(stored_hash(&store, "henry@example.com").await?, before);
+
+    // The right one signs in as ever, and leaves a hash at the raised parameters behind.
+    let signed_in = authenticate(&raised, "henry@example.com", password, Some(&service)).await?;
+    assert_eq!(
+        signed_in, created,
+        "the account as readers see it is unchanged"
+    );
+    let after = stored_hash(&store, "henry@example.com").await?;
+    assert!(
+        after.starts_with("$argon2id$v=19$m=2048,t=2,p=1$"),
+        "{after}"
+    );
+    assert!(hasher.is_current(&PasswordHash::from_phc(after.clone())));
+    assert_eq!(get(&raised, &created.id, Some(&admin())).await?, created);
+
+    // Once current, it stays as it is; and the password still works, the wrong one still not.
+    authenticate(&raised, "henry@example.com", password, Some(&service)).await?;
+    assert_eq!(stored_hash(&store, "henry@example.com").await?, after);
+    let wrong = authenticate(
+        &raised,
+        "henry@example.com",
+        "not his password",
+        Some(&service),
+    );
+    assert_eq!(failure(wrong.await).0, Code::Unauthenticated);
+    Ok(())
+}
+
+both!(a_rehash_that_cannot_be_stored_does_not_fail_the_sign_in);
+async fn a_rehash_that_cannot_be_stored_does_not_fail_the_sign_in(store: UserStore) -> TestResult {
+    let password = "upgrade me if you can";
+    let old = crate::api(store.clone()).await?;
+    let created = create(&old, "iris@example.com", password, "Iris").await?;
+    let before = stored_hash(&store, "iris@example.com").await?;
+
+    // The database refuses every change to a stored hash.
+    let statements: &[&'static str] = match store.database().dialect() {
+        Dialect::Sqlite => &[
+            "CREATE TRIGGER refuse_rehash BEFORE UPDATE OF password_hash ON users \
+             BEGIN SELECT RAISE(ABORT, 'rehash refused by test'); END",
+        ],
+        Dialect::Postgres => &[
+            "CREATE FUNCTION refuse_rehash() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'rehash refused by test'; END $$",
+            "CREATE TRIGGER refuse_rehash BEFORE UPDATE OF password_hash ON users \
+             FOR EACH ROW EXECUTE FUNCTION refuse_rehash()",
+        ],
+    };
+    for &statement in statements {
+        sqlx::raw_sql(statement)
+            .execute(store.database().pool())
+            .await?;
+    }
+
+    let raised = UserApi::new(store.clone(), Hasher::new(RAISED).await?);
+    let service = service();
+    let signed_in = authenticate(&raised, "iris@example.com", password, Some(&service)).await?;
+    assert_eq!(signed_in, created);
+    assert_eq!(
+        stored_hash(&store, "iris@example.com").await?,
+        before,
+        "the refused rehash left the old hash"
+    );
     Ok(())
 }

@@ -133,6 +133,53 @@ async fn roles_change_only_from_what_was_read(store: UserStore) -> TestResult {
     Ok(())
 }
 
+both!(a_taken_email_is_found_whatever_the_case_of_its_domain);
+async fn a_taken_email_is_found_whatever_the_case_of_its_domain(store: UserStore) -> TestResult {
+    let taken = |raw: &str| Email::parse("email", raw);
+    assert!(!store.email_taken(&taken("ada@example.com")?).await?);
+    store.insert(&account("ada@example.com", 1)?).await?;
+    assert!(store.email_taken(&taken("ada@example.com")?).await?);
+    assert!(store.email_taken(&taken(" ada@EXAMPLE.com")?).await?);
+    assert!(!store.email_taken(&taken("Ada@example.com")?).await?);
+    Ok(())
+}
+
+both!(a_password_hash_is_replaced_only_from_what_was_read);
+async fn a_password_hash_is_replaced_only_from_what_was_read(store: UserStore) -> TestResult {
+    let original = account("hash@example.com", 1)?;
+    store.insert(&original).await?;
+    let id = &original.user.id;
+    let email = &original.user.email;
+    let fresh = PasswordHash::from_phc("$argon2id$v=19$m=16,t=2,p=1$fresh".into());
+
+    assert!(
+        store
+            .replace_password_hash(id, &original.password_hash, &fresh)
+            .await?
+    );
+    let read = store.find_by_email(email).await?.ok_or("account gone")?;
+    assert_eq!(read.password_hash, fresh);
+    assert_eq!(
+        read.user, original.user,
+        "nothing else changes, times included"
+    );
+    // A writer that read the old hash loses, and so does one for a missing account.
+    let late = PasswordHash::from_phc("$argon2id$v=19$m=32,t=2,p=1$late".into());
+    assert!(
+        !store
+            .replace_password_hash(id, &original.password_hash, &late)
+            .await?
+    );
+    assert!(
+        !store
+            .replace_password_hash(&UserId::generate(), &fresh, &late)
+            .await?
+    );
+    let read = store.find_by_email(email).await?.ok_or("account gone")?;
+    assert_eq!(read.password_hash, fresh);
+    Ok(())
+}
+
 both!(reopening_keeps_accounts_and_migrations_are_idempotent);
 async fn reopening_keeps_accounts_and_migrations_are_idempotent(store: UserStore) -> TestResult {
     let kept = account("kept@example.com", 1)?;
