@@ -8,12 +8,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use auth::config::SigningConfig;
 use futures::future::select_all;
-use platform::auth::{AuthLayer, KeySource, Verifier};
+use platform::auth::{KeySource, Verifier};
 use platform::database::Database;
 use platform::serve::{GrpcServer, Listeners, ServeConfig};
 use platform::shutdown::{Running, Signals};
 use serde_json::json;
-use tower::Layer as _;
 
 use crate::settings::{Mode, SystemConfig};
 
@@ -102,10 +101,9 @@ async fn start(
             .await
             .context("starting the user service")?;
         databases.push(built.database.clone());
-        let service = AuthLayer::new(verifier.clone(), user::policy()).layer(built.service);
         running.push(
             GrpcServer::new("user", parts.serve.clone())
-                .add_service(service)
+                .add_authorized_service(built.service, &verifier, user::policy())
                 .readiness_check(built.database.readiness_check())
                 .spawn_on(listeners)
                 .await?,
@@ -129,10 +127,9 @@ async fn start(
             .await
             .context("starting the auth service")?;
         databases.push(built.database.clone());
-        let service = AuthLayer::new(verifier.clone(), auth::policy()).layer(built.service);
         running.push(
             GrpcServer::new("auth", parts.serve.clone())
-                .add_service(service)
+                .add_authorized_service(built.service, &verifier, auth::policy())
                 .readiness_check(built.database.readiness_check())
                 .spawn_on(listeners)
                 .await?,
@@ -143,10 +140,9 @@ async fn start(
             .await
             .context("starting the product service")?;
         databases.push(built.database.clone());
-        let service = AuthLayer::new(verifier.clone(), product::policy()).layer(built.service);
         running.push(
             GrpcServer::new("product", parts.serve.clone())
-                .add_service(service)
+                .add_authorized_service(built.service, &verifier, product::policy())
                 .readiness_check(built.database.readiness_check())
                 .spawn_on(listeners)
                 .await?,

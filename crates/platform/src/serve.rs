@@ -25,6 +25,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, Readiness};
+use crate::auth::{AuthLayer, Policy, Verifier};
 use crate::config::{ConfigError, Settings};
 use crate::shutdown::{self, BoundAddrs, CancellationToken, ComponentError, Running, Supervisor};
 
@@ -126,6 +127,26 @@ impl GrpcServer {
         self.service_names.push(S::NAME);
         self.routes = self.routes.add_service(service);
         self
+    }
+
+    /// Adds a tonic service behind its access `policy`, checking tokens with `verifier`: how every
+    /// Flotilla service is served (zero trust between hops).
+    #[must_use]
+    pub fn add_authorized_service<S>(self, service: S, verifier: &Verifier, policy: Policy) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Error = Infallible,
+                Response = http::Response<tonic::body::Body>,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let authorized = tower::Layer::layer(&AuthLayer::new(verifier.clone(), policy), service);
+        self.add_service(authorized)
     }
 
     /// Adds a readiness check (such as "the database answers") to `/ready`.

@@ -10,11 +10,11 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::{AppState, Upstreams, router};
-use platform::auth::{AuthConfig, AuthLayer, Claims, KeySource, SigningKey, Verifier};
+use platform::auth::{AuthConfig, Claims, KeySource, SigningKey, Verifier};
 use platform::serve::{GrpcServer, ServeConfig};
 use platform::shutdown::Running;
 use serde_json::Value;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -39,9 +39,8 @@ async fn product_service() -> Result<Upstream, Box<dyn std::error::Error + Send 
         admin_addr: any_port,
         drain_timeout: Duration::from_secs(5),
     };
-    let service = AuthLayer::new(keys().verifier.clone(), product::policy()).layer(built.service);
     let running = GrpcServer::new("product", serve)
-        .add_service(service)
+        .add_authorized_service(built.service, &keys().verifier, product::policy())
         .spawn()
         .await?;
     Ok(Upstream { running, _dir: dir })
