@@ -26,19 +26,21 @@ const ADMIN_EMAIL: &str = "admin@example.com";
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
 async fn up(data_dir: &Path) -> Flotilla {
-    Flotilla::up(
-        binary(),
-        data_dir,
-        &[
-            ("FLOTILLA_DRAIN_TIMEOUT", "10s"),
-            ("FLOTILLA_ADMIN_EMAIL", ADMIN_EMAIL),
-            ("FLOTILLA_ADMIN_PASSWORD", ADMIN_PASSWORD),
-            // Cheap hashing keeps the suite quick; the defaults are OWASP's.
-            ("FLOTILLA_ARGON2_MEMORY_KIB", "8192"),
-            ("FLOTILLA_ARGON2_ITERATIONS", "1"),
-        ],
-    )
-    .await
+    up_with(data_dir, &[]).await
+}
+
+/// As [`up`], with `extra` added to the environment.
+async fn up_with(data_dir: &Path, extra: &[(&str, &str)]) -> Flotilla {
+    let mut env = vec![
+        ("FLOTILLA_DRAIN_TIMEOUT", "10s"),
+        ("FLOTILLA_ADMIN_EMAIL", ADMIN_EMAIL),
+        ("FLOTILLA_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        // Cheap hashing keeps the suite quick; the defaults are OWASP's.
+        ("FLOTILLA_ARGON2_MEMORY_KIB", "8192"),
+        ("FLOTILLA_ARGON2_ITERATIONS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    Flotilla::up(binary(), data_dir, &env).await
 }
 
 /// Logs in through the gateway and returns the token pair as JSON.
