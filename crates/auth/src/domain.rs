@@ -33,15 +33,7 @@ pub const SERVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Random bytes in a refresh token.
 pub const REFRESH_TOKEN_BYTES: usize = 32;
 
-/// A broken rule in a request: which field, and what a person should send instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ValidationError {
-    /// The field's name as the API spells it.
-    pub field: &'static str,
-    /// What is wrong.
-    pub reason: &'static str,
-}
+pub use platform::validation::ValidationError;
 
 /// The system's random source failed; no token can be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,28 +56,22 @@ impl Credentials {
     /// A [`ValidationError`] for an empty or overlong email or password.
     pub fn parse(email: String, password: String) -> Result<Self, ValidationError> {
         if email.trim().is_empty() {
-            return Err(ValidationError {
-                field: "email",
-                reason: "must not be empty",
-            });
+            return Err(ValidationError::new("email", "must not be empty"));
         }
         if email.chars().count() > MAX_EMAIL_CHARS {
-            return Err(ValidationError {
-                field: "email",
-                reason: "must be at most 320 characters",
-            });
+            return Err(ValidationError::new(
+                "email",
+                "must be at most 320 characters",
+            ));
         }
         if password.is_empty() {
-            return Err(ValidationError {
-                field: "password",
-                reason: "must not be empty",
-            });
+            return Err(ValidationError::new("password", "must not be empty"));
         }
         if password.len() > MAX_PASSWORD_BYTES {
-            return Err(ValidationError {
-                field: "password",
-                reason: "must be at most 1024 bytes",
-            });
+            return Err(ValidationError::new(
+                "password",
+                "must be at most 1024 bytes",
+            ));
         }
         Ok(Self {
             email,

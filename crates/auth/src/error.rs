@@ -140,10 +140,7 @@ mod tests {
                 Code::Unauthenticated,
             ),
             (
-                AuthServiceError::Invalid(ValidationError {
-                    field: "email",
-                    reason: "must not be empty",
-                }),
+                AuthServiceError::Invalid(ValidationError::new("email", "must not be empty")),
                 Code::InvalidArgument,
             ),
             (

@@ -10,6 +10,7 @@
 //! - [`database`]: a service's own SQLite or PostgreSQL database, migrated at start;
 //! - [`pagination`]: AIP-158 page sizes and opaque page tokens;
 //! - [`time`]: instants in the database, on the wire and in JSON;
+//! - [`validation`]: the shape of a broken rule in a request;
 //! - [`telemetry`]: logging (JSON or text).
 //!
 //! Nothing service-specific lives here.
@@ -25,6 +26,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod validation;
 
 pub use flotilla_proto as proto;
 pub use prost_types;

@@ -10,24 +10,7 @@ pub const MAX_DESCRIPTION_CHARS: usize = 5000;
 /// Longest product id, in characters.
 pub const MAX_ID_CHARS: usize = 64;
 
-/// A broken rule: which field, and what a person should send instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ValidationError {
-    /// The field's name as the API spells it.
-    pub field: &'static str,
-    /// What is wrong, and what would be right.
-    pub reason: String,
-}
-
-impl ValidationError {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+pub use platform::validation::ValidationError;
 
 /// A product id: 1-64 characters of `[a-z0-9-]`, safe in a URL path and a log line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -22,25 +22,7 @@ pub const MAX_NAME_CHARS: usize = 100;
 /// Longest email address, in characters (RFC 5321's path limit less the angle brackets).
 pub const MAX_EMAIL_CHARS: usize = 254;
 
-/// A broken rule: which field, and what a person should send instead. The reason never repeats a
-/// password.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct ValidationError {
-    /// The field's name as the API spells it.
-    pub field: &'static str,
-    /// What is wrong, and what would be right.
-    pub reason: String,
-}
-
-impl ValidationError {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+pub use platform::validation::ValidationError;
 
 /// An account id: a UUID in its canonical hyphenated lower-case form, which is also the `sub` of
 /// the account's access tokens.
