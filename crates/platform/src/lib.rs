@@ -8,6 +8,7 @@
 //! - [`admin`]: `/health` and `/ready`;
 //! - [`auth`]: JWT verification, access policies and the layer that enforces them;
 //! - [`database`]: a service's own SQLite or PostgreSQL database, migrated at start;
+//! - [`discovery`]: registering with, and watching, a service registry (Consul's API, or fixed);
 //! - [`pagination`]: AIP-158 page sizes and opaque page tokens;
 //! - [`time`]: instants in the database, on the wire and in JSON;
 //! - [`validation`]: the shape of a broken rule in a request;
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod database;
+pub mod discovery;
 pub mod pagination;
 pub mod serve;
 pub mod shutdown;
