@@ -2,6 +2,8 @@
 //! per test run, so tests never collide with each other or with what else runs on the machine.
 //!
 //! - [`postgres`]: a fresh PostgreSQL database per test, dropped afterwards;
+//! - [`databases`]: a fresh SQLite file or PostgreSQL database per case, and [`both!`] to run a
+//!   case on each;
 //! - [`process`]: the real `flotilla` binary started in a temporary data directory.
 //!
 //! A part that is missing (no PostgreSQL listening) makes the test skip with a loud message, unless
@@ -9,6 +11,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixtures: a failed setup should stop the test loudly
 
+pub mod databases;
 pub mod postgres;
 pub mod process;
 

@@ -5,14 +5,15 @@
 use std::time::Duration;
 
 use platform::auth::{ROLE_SERVICE, SigningKey};
+use test_support::both;
 use tonic::Code;
 
 use crate::fake_user::{self, EMAIL, FakeUserService, PASSWORD, USER_ID};
-use crate::{GATEWAY_PEER, Harness, Mode, TestDb, TestResult, both, failure, verifier_for};
+use crate::{GATEWAY_PEER, Harness, KeyFiles, Mode, TestDb, TestResult, failure, verifier_for};
 
-both!(login_issues_a_pair_whose_access_token_verifies);
-async fn login_issues_a_pair_whose_access_token_verifies(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(login_issues_a_pair_whose_access_token_verifies, crate::open);
+async fn login_issues_a_pair_whose_access_token_verifies(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let pair = harness.login(EMAIL, PASSWORD).await?;
     assert_eq!(pair.token_type, "Bearer");
     assert_eq!(pair.access_expires_in, 900);
@@ -64,9 +65,9 @@ async fn login_issues_a_pair_whose_access_token_verifies(db: TestDb) -> TestResu
     Ok(())
 }
 
-both!(wrong_credentials_are_refused_alike_and_limited);
-async fn wrong_credentials_are_refused_alike_and_limited(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(wrong_credentials_are_refused_alike_and_limited, crate::open);
+async fn wrong_credentials_are_refused_alike_and_limited(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     assert_eq!(
         failure(harness.login("nobody@example.com", PASSWORD).await),
         (Code::Unauthenticated, "invalid credentials".into()),
@@ -111,9 +112,9 @@ async fn wrong_credentials_are_refused_alike_and_limited(db: TestDb) -> TestResu
     Ok(())
 }
 
-both!(the_address_limit_follows_the_forwarded_client);
-async fn the_address_limit_follows_the_forwarded_client(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(the_address_limit_follows_the_forwarded_client, crate::open);
+async fn the_address_limit_follows_the_forwarded_client(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     for index in 0..20 {
         let email = format!("guess-{index}@example.com");
         assert_eq!(
@@ -137,11 +138,14 @@ async fn the_address_limit_follows_the_forwarded_client(db: TestDb) -> TestResul
     Ok(())
 }
 
-both!(a_forwarded_address_is_believed_only_from_a_trusted_proxy);
-async fn a_forwarded_address_is_believed_only_from_a_trusted_proxy(db: TestDb) -> TestResult {
+both!(
+    a_forwarded_address_is_believed_only_from_a_trusted_proxy,
+    crate::open
+);
+async fn a_forwarded_address_is_believed_only_from_a_trusted_proxy(db: &TestDb) -> TestResult {
     // Trust one proxy that is not loopback: the default's loopback is now an ordinary caller.
     let harness = Harness::start_with(
-        &db,
+        db,
         Mode::Ed25519,
         &[("FLOTILLA_AUTH_TRUSTED_PROXIES", "10.9.8.7")],
     )
@@ -174,10 +178,10 @@ async fn a_forwarded_address_is_believed_only_from_a_trusted_proxy(db: TestDb) -
     Ok(())
 }
 
-both!(an_empty_proxy_list_believes_no_header);
-async fn an_empty_proxy_list_believes_no_header(db: TestDb) -> TestResult {
+both!(an_empty_proxy_list_believes_no_header, crate::open);
+async fn an_empty_proxy_list_believes_no_header(db: &TestDb) -> TestResult {
     let harness =
-        Harness::start_with(&db, Mode::Ed25519, &[("FLOTILLA_AUTH_TRUSTED_PROXIES", "")]).await?;
+        Harness::start_with(db, Mode::Ed25519, &[("FLOTILLA_AUTH_TRUSTED_PROXIES", "")]).await?;
     for index in 0..20 {
         let claimed = format!("198.51.100.{index}");
         let email = format!("guess-{index}@example.com");
@@ -196,9 +200,9 @@ async fn an_empty_proxy_list_believes_no_header(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(a_login_cancelled_mid_call_is_not_a_failure);
-async fn a_login_cancelled_mid_call_is_not_a_failure(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(a_login_cancelled_mid_call_is_not_a_failure, crate::open);
+async fn a_login_cancelled_mid_call_is_not_a_failure(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     // The user service is slow: every login outlives its caller's deadline (the gateway's is 3 s),
     // and tonic drops the handler with the call in flight.
     harness.users.set_delay(Duration::from_secs(30));
@@ -232,9 +236,9 @@ async fn a_login_cancelled_mid_call_is_not_a_failure(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(malformed_logins_are_invalid_arguments);
-async fn malformed_logins_are_invalid_arguments(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(malformed_logins_are_invalid_arguments, crate::open);
+async fn malformed_logins_are_invalid_arguments(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     assert_eq!(
         failure(harness.login("", PASSWORD).await).0,
         Code::InvalidArgument
@@ -248,8 +252,11 @@ async fn malformed_logins_are_invalid_arguments(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(a_user_service_outage_is_unavailable_and_locks_nobody_out);
-async fn a_user_service_outage_is_unavailable_and_locks_nobody_out(db: TestDb) -> TestResult {
+both!(
+    a_user_service_outage_is_unavailable_and_locks_nobody_out,
+    crate::open
+);
+async fn a_user_service_outage_is_unavailable_and_locks_nobody_out(db: &TestDb) -> TestResult {
     // A port that was free a moment ago: connections are refused.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -257,7 +264,7 @@ async fn a_user_service_outage_is_unavailable_and_locks_nobody_out(db: TestDb) -
     };
     let endpoint = format!("http://{closed}");
     let harness =
-        Harness::start_with(&db, Mode::Ed25519, &[("FLOTILLA_USER_ENDPOINT", &endpoint)]).await?;
+        Harness::start_with(db, Mode::Ed25519, &[("FLOTILLA_USER_ENDPOINT", &endpoint)]).await?;
     for _ in 0..7 {
         let (code, message) = failure(harness.login(EMAIL, PASSWORD).await);
         assert_eq!(code, Code::Unavailable);
@@ -267,13 +274,13 @@ async fn a_user_service_outage_is_unavailable_and_locks_nobody_out(db: TestDb) -
     Ok(())
 }
 
-both!(a_refused_service_token_is_not_a_failed_login);
-async fn a_refused_service_token_is_not_a_failed_login(db: TestDb) -> TestResult {
+both!(a_refused_service_token_is_not_a_failed_login, crate::open);
+async fn a_refused_service_token_is_not_a_failed_login(db: &TestDb) -> TestResult {
     // The user service trusts some other key: every service token is refused.
     let stranger = SigningKey::generate_ed25519()?;
     let users = FakeUserService::start(verifier_for(&stranger)).await?;
     auth::ensure_key_file(&db.key_file())?;
-    let harness = Harness::start_against(&db, Mode::Ed25519, &[], None, users).await?;
+    let harness = Harness::start_against(db, Mode::Ed25519, &[], None, users).await?;
     for _ in 0..7 {
         assert_eq!(
             failure(harness.login(EMAIL, PASSWORD).await),

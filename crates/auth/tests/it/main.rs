@@ -17,7 +17,7 @@ use platform::auth::{AuthConfig, KeySource, SigningKey, Verifier};
 use platform::config::Settings;
 use platform::proto::auth::v1 as pb;
 use platform::proto::auth::v1::auth_service_server::AuthService;
-use test_support::postgres::TestDatabase;
+pub use test_support::databases::TestDb;
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Status};
 
@@ -32,72 +32,29 @@ pub const GATEWAY_PEER: &str = "127.0.0.1:41000";
 /// The shared secret of the shared-secret cases.
 pub const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 
-/// A fresh database and a directory for key files; dropped after the case, which removes both.
-pub struct TestDb {
-    /// The database URL.
-    pub url: String,
-    /// A private directory (the SQLite file, key files).
-    pub dir: tempfile::TempDir,
-    _postgres: Option<TestDatabase>,
+/// The subject of every case: the case's fresh database and its directory for key files, as
+/// `test_support::both!` made them.
+pub async fn open(db: &TestDb) -> &TestDb {
+    db
 }
 
-impl TestDb {
-    /// A fresh SQLite file.
-    pub fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
-        let url = platform::database::sqlite_url(&dir.path().join("auth.db"));
-        Self {
-            url,
-            dir,
-            _postgres: None,
-        }
-    }
-
-    /// A fresh PostgreSQL database, or `None` when PostgreSQL is missing (see test-support).
-    pub async fn postgres() -> Option<Self> {
-        let database = TestDatabase::create().await?;
-        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
-        Some(Self {
-            url: database.url().to_owned(),
-            dir,
-            _postgres: Some(database),
-        })
-    }
-
+/// Where a case's service keeps its Ed25519 key files: the case's private directory.
+pub trait KeyFiles {
     /// The current key file's path.
-    pub fn key_file(&self) -> PathBuf {
-        self.dir.path().join("jwt-ed25519.pem")
-    }
+    fn key_file(&self) -> PathBuf;
 
     /// The previous key file's path.
-    pub fn previous_key_file(&self) -> PathBuf {
-        self.dir.path().join("jwt-ed25519.previous.pem")
-    }
+    fn previous_key_file(&self) -> PathBuf;
 }
 
-/// Runs an async case `fn(TestDb) -> TestResult` once on SQLite and once on PostgreSQL.
-#[macro_export]
-macro_rules! both {
-    ($case:ident) => {
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Err(error) = super::$case($crate::TestDb::sqlite()).await {
-                    panic!("{error}");
-                }
-            }
+impl KeyFiles for TestDb {
+    fn key_file(&self) -> PathBuf {
+        self.dir().join("jwt-ed25519.pem")
+    }
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(database) = $crate::TestDb::postgres().await else {
-                    return;
-                };
-                if let Err(error) = super::$case(database).await {
-                    panic!("{error}");
-                }
-            }
-        }
-    };
+    fn previous_key_file(&self) -> PathBuf {
+        self.dir().join("jwt-ed25519.previous.pem")
+    }
 }
 
 /// How the service under test signs.
@@ -182,7 +139,7 @@ impl Harness {
         let key_file = db.key_file().display().to_string();
         let endpoint = users.endpoint();
         let mut pairs: Vec<(&str, &str)> = vec![
-            ("DATABASE_URL", db.url.as_str()),
+            ("DATABASE_URL", db.url()),
             ("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", "4"),
             ("FLOTILLA_USER_ENDPOINT", endpoint.as_str()),
         ];

@@ -6,10 +6,11 @@ use std::time::Duration;
 use auth::domain::{AccessTokenStatus, RefreshToken, TokenHash};
 use auth::store::{NewAccess, NewRefresh};
 use platform::sqlx;
+use test_support::both;
 use tonic::Code;
 
 use crate::fake_user::{self, EMAIL, PASSWORD, USER_ID};
-use crate::{Harness, Mode, TestDb, TestResult, both, failure};
+use crate::{Harness, KeyFiles, Mode, TestDb, TestResult, failure};
 
 const INVALID: (Code, &str) = (Code::Unauthenticated, "invalid refresh token");
 
@@ -18,9 +19,9 @@ fn invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> bool {
     (code, message.as_str()) == INVALID
 }
 
-both!(refresh_rotates_the_pair);
-async fn refresh_rotates_the_pair(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(refresh_rotates_the_pair, crate::open);
+async fn refresh_rotates_the_pair(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let first = harness.login(EMAIL, PASSWORD).await?;
     harness.clock.advance(Duration::from_secs(60));
     let second = harness.refresh(&first.refresh_token).await?;
@@ -43,9 +44,9 @@ async fn refresh_rotates_the_pair(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(reusing_a_refresh_token_revokes_its_family);
-async fn reusing_a_refresh_token_revokes_its_family(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(reusing_a_refresh_token_revokes_its_family, crate::open);
+async fn reusing_a_refresh_token_revokes_its_family(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let first = harness.login(EMAIL, PASSWORD).await?;
     let other_session = harness.login(EMAIL, PASSWORD).await?;
     let second = harness.refresh(&first.refresh_token).await?;
@@ -69,9 +70,9 @@ async fn reusing_a_refresh_token_revokes_its_family(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(logout_ends_the_family_and_reveals_nothing);
-async fn logout_ends_the_family_and_reveals_nothing(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(logout_ends_the_family_and_reveals_nothing, crate::open);
+async fn logout_ends_the_family_and_reveals_nothing(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let pair = harness.login(EMAIL, PASSWORD).await?;
     harness.revoke(&pair.refresh_token).await?;
     assert!(invalid(harness.refresh(&pair.refresh_token).await));
@@ -91,9 +92,12 @@ async fn logout_ends_the_family_and_reveals_nothing(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(unknown_and_expired_refresh_tokens_are_refused_alike);
-async fn unknown_and_expired_refresh_tokens_are_refused_alike(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(
+    unknown_and_expired_refresh_tokens_are_refused_alike,
+    crate::open
+);
+async fn unknown_and_expired_refresh_tokens_are_refused_alike(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     assert!(invalid(harness.refresh("garbage").await));
     assert!(invalid(
         harness
@@ -109,9 +113,9 @@ async fn unknown_and_expired_refresh_tokens_are_refused_alike(db: TestDb) -> Tes
     Ok(())
 }
 
-both!(two_exchanges_of_one_token_cannot_both_win);
-async fn two_exchanges_of_one_token_cannot_both_win(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(two_exchanges_of_one_token_cannot_both_win, crate::open);
+async fn two_exchanges_of_one_token_cannot_both_win(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     for _ in 0..3 {
         let pair = harness.login(EMAIL, PASSWORD).await?;
         let (left, right) = tokio::join!(
@@ -130,9 +134,9 @@ async fn two_exchanges_of_one_token_cannot_both_win(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(a_revoked_family_cannot_rotate);
-async fn a_revoked_family_cannot_rotate(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(a_revoked_family_cannot_rotate, crate::open);
+async fn a_revoked_family_cannot_rotate(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let store = harness.api.store().clone();
     let now = auth::Clock::now_micros(harness.clock.as_ref());
     let successor = |now: i64| -> Result<(NewRefresh, NewAccess), Box<dyn std::error::Error>> {
@@ -205,11 +209,14 @@ async fn a_revoked_family_cannot_rotate(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(a_rotation_holds_off_a_revocation_until_it_commits);
-async fn a_rotation_holds_off_a_revocation_until_it_commits(db: TestDb) -> TestResult {
+both!(
+    a_rotation_holds_off_a_revocation_until_it_commits,
+    crate::open
+);
+async fn a_rotation_holds_off_a_revocation_until_it_commits(db: &TestDb) -> TestResult {
     // The other order: a revocation that comes while a rotation is in flight ends the family
     // after it, successors included.
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let pair = harness.login(EMAIL, PASSWORD).await?;
     let (left, right) = tokio::join!(
         harness.refresh(&pair.refresh_token),
@@ -225,9 +232,9 @@ async fn a_rotation_holds_off_a_revocation_until_it_commits(db: TestDb) -> TestR
     Ok(())
 }
 
-both!(expired_rows_are_purged);
-async fn expired_rows_are_purged(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(expired_rows_are_purged, crate::open);
+async fn expired_rows_are_purged(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let old = harness.login(EMAIL, PASSWORD).await?;
     let jti = harness.validate(&old.access_token).await?.token_id;
     let hash = TokenHash::of_presented(&old.refresh_token).ok_or("a well-formed token")?;
@@ -260,9 +267,9 @@ async fn expired_rows_are_purged(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(the_purge_task_runs_until_the_database_closes);
-async fn the_purge_task_runs_until_the_database_closes(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(the_purge_task_runs_until_the_database_closes, crate::open);
+async fn the_purge_task_runs_until_the_database_closes(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let old = harness.login(EMAIL, PASSWORD).await?;
     let hash = TokenHash::of_presented(&old.refresh_token).ok_or("a well-formed token")?;
     let store = harness.api.store().clone();
@@ -293,13 +300,13 @@ async fn the_purge_task_runs_until_the_database_closes(db: TestDb) -> TestResult
     Ok(())
 }
 
-both!(build_starts_a_purge_task_that_stop_ends);
-async fn build_starts_a_purge_task_that_stop_ends(db: TestDb) -> TestResult {
+both!(build_starts_a_purge_task_that_stop_ends, crate::open);
+async fn build_starts_a_purge_task_that_stop_ends(db: &TestDb) -> TestResult {
     auth::ensure_key_file(&db.key_file())?;
     let key_file = db.key_file().display().to_string();
     let config = auth::AuthServiceConfig::from_settings(
         &platform::config::Settings::from_pairs([
-            ("DATABASE_URL", db.url.as_str()),
+            ("DATABASE_URL", db.url()),
             ("FLOTILLA_JWT_KEY_FILE", key_file.as_str()),
         ]),
         "DATABASE_URL",

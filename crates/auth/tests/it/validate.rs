@@ -7,10 +7,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use platform::auth::{Claims, SigningKey};
+use test_support::both;
 use tonic::Code;
 
 use crate::fake_user::{EMAIL, PASSWORD, USER_ID};
-use crate::{Harness, Mode, SECRET, TestDb, TestResult, both, failure, verification};
+use crate::{Harness, KeyFiles, Mode, SECRET, TestDb, TestResult, failure, verification};
 
 fn now_seconds() -> u64 {
     u64::try_from(platform::time::now_micros() / 1_000_000).unwrap_or(0)
@@ -35,9 +36,12 @@ fn refused(result: Result<platform::proto::auth::v1::Claims, tonic::Status>) -> 
     message
 }
 
-both!(validate_refuses_expired_foreign_and_forged_tokens);
-async fn validate_refuses_expired_foreign_and_forged_tokens(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(
+    validate_refuses_expired_foreign_and_forged_tokens,
+    crate::open
+);
+async fn validate_refuses_expired_foreign_and_forged_tokens(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let pair = harness.login(EMAIL, PASSWORD).await?;
     let issued = harness.validate(&pair.access_token).await?;
     let key = harness.key.clone().ok_or("Ed25519 mode has a key")?;
@@ -115,9 +119,9 @@ async fn validate_refuses_expired_foreign_and_forged_tokens(db: TestDb) -> TestR
     Ok(())
 }
 
-both!(the_jwks_publishes_the_key_that_signs);
-async fn the_jwks_publishes_the_key_that_signs(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::Ed25519).await?;
+both!(the_jwks_publishes_the_key_that_signs, crate::open);
+async fn the_jwks_publishes_the_key_that_signs(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::Ed25519).await?;
     let pair = harness.login(EMAIL, PASSWORD).await?;
     let jwks = harness.jwks().await?;
     let [jwk] = jwks.keys.as_slice() else {
@@ -146,9 +150,12 @@ async fn the_jwks_publishes_the_key_that_signs(db: TestDb) -> TestResult {
     Ok(())
 }
 
-both!(the_shared_secret_mode_signs_hs256_and_publishes_nothing);
-async fn the_shared_secret_mode_signs_hs256_and_publishes_nothing(db: TestDb) -> TestResult {
-    let harness = Harness::start(&db, Mode::SharedSecret).await?;
+both!(
+    the_shared_secret_mode_signs_hs256_and_publishes_nothing,
+    crate::open
+);
+async fn the_shared_secret_mode_signs_hs256_and_publishes_nothing(db: &TestDb) -> TestResult {
+    let harness = Harness::start(db, Mode::SharedSecret).await?;
     let pair = harness.login(EMAIL, PASSWORD).await?;
     let header = jsonwebtoken::decode_header(&pair.access_token)?;
     assert_eq!(header.alg, Algorithm::HS256);
@@ -171,9 +178,9 @@ async fn the_shared_secret_mode_signs_hs256_and_publishes_nothing(db: TestDb) ->
     Ok(())
 }
 
-both!(a_rotated_key_keeps_verifying_through_its_grace);
-async fn a_rotated_key_keeps_verifying_through_its_grace(db: TestDb) -> TestResult {
-    let before = Harness::start(&db, Mode::Ed25519).await?;
+both!(a_rotated_key_keeps_verifying_through_its_grace, crate::open);
+async fn a_rotated_key_keeps_verifying_through_its_grace(db: &TestDb) -> TestResult {
+    let before = Harness::start(db, Mode::Ed25519).await?;
     let old_pair = before.login(EMAIL, PASSWORD).await?;
     let old_kid = before
         .key
@@ -187,7 +194,7 @@ async fn a_rotated_key_keeps_verifying_through_its_grace(db: TestDb) -> TestResu
     assert_eq!(rotation.previous_kid, old_kid);
     let previous = db.previous_key_file().display().to_string();
     let after = Harness::start_with(
-        &db,
+        db,
         Mode::Ed25519,
         &[("FLOTILLA_JWT_PREVIOUS_KEY_FILE", &previous)],
     )

@@ -3,9 +3,8 @@
 use platform::proto::product::v1 as pb;
 use platform::proto::product::v1::product_service_server::ProductService;
 use product::{ProductApi, ProductStore};
+use test_support::both;
 use tonic::{Code, Request};
-
-use crate::both;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -41,7 +40,11 @@ async fn list(
         .map(tonic::Response::into_inner)
 }
 
-both!(pages_walk_everything_once_and_tokens_are_checked);
+both!(
+    pages_walk_everything_once_and_tokens_are_checked,
+    crate::open,
+    crate::close
+);
 async fn pages_walk_everything_once_and_tokens_are_checked(store: ProductStore) -> TestResult {
     let api = ProductApi::new(store);
     for index in 0..7 {
@@ -125,7 +128,11 @@ async fn pages_walk_everything_once_and_tokens_are_checked(store: ProductStore) 
     Ok(())
 }
 
-both!(writes_answer_with_the_right_codes);
+both!(
+    writes_answer_with_the_right_codes,
+    crate::open,
+    crate::close
+);
 async fn writes_answer_with_the_right_codes(store: ProductStore) -> TestResult {
     let api = ProductApi::new(store);
     let created = create(&api, "kettle", draft("Kettle", 4900, "EUR")).await?;
@@ -233,7 +240,11 @@ async fn writes_answer_with_the_right_codes(store: ProductStore) -> TestResult {
     Ok(())
 }
 
-both!(forged_page_tokens_are_invalid_arguments);
+both!(
+    forged_page_tokens_are_invalid_arguments,
+    crate::open,
+    crate::close
+);
 async fn forged_page_tokens_are_invalid_arguments(store: ProductStore) -> TestResult {
     let api = ProductApi::new(store);
     create(&api, "", draft("Item", 1, "EUR")).await?;

@@ -3,8 +3,7 @@
 use product::domain::{Cursor, Product, ProductFilter, ProductId, RawProductFields};
 use product::error::ProductError;
 use product::store::{ProductStore, WriteOutcome};
-
-use crate::both;
+use test_support::both;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -22,7 +21,7 @@ pub fn product(id: &str, price_cents: i64, currency: &str, stock: i64, at: i64) 
     Product::new(id, fields, at)
 }
 
-both!(insert_then_get_round_trips);
+both!(insert_then_get_round_trips, crate::open, crate::close);
 async fn insert_then_get_round_trips(store: ProductStore) -> TestResult {
     let mut original = product("round-trip", 1234, "EUR", 3, 1_700_000_000_000_001);
     original.fields.description = "Ünïcödé description, with 'quotes'".into();
@@ -32,7 +31,7 @@ async fn insert_then_get_round_trips(store: ProductStore) -> TestResult {
     Ok(())
 }
 
-both!(duplicate_ids_are_refused);
+both!(duplicate_ids_are_refused, crate::open, crate::close);
 async fn duplicate_ids_are_refused(store: ProductStore) -> TestResult {
     store.insert(&product("dup", 1, "EUR", 1, 1)).await?;
     let again = store.insert(&product("dup", 2, "USD", 2, 2)).await;
@@ -51,7 +50,11 @@ async fn duplicate_ids_are_refused(store: ProductStore) -> TestResult {
     Ok(())
 }
 
-both!(listing_walks_pages_in_creation_order_with_filters);
+both!(
+    listing_walks_pages_in_creation_order_with_filters,
+    crate::open,
+    crate::close
+);
 async fn listing_walks_pages_in_creation_order_with_filters(store: ProductStore) -> TestResult {
     // Two share a creation instant, so the id must break the tie.
     for (id, price, currency, stock, at) in [
@@ -95,7 +98,11 @@ async fn listing_walks_pages_in_creation_order_with_filters(store: ProductStore)
     Ok(())
 }
 
-both!(updates_are_conditional_on_the_revision);
+both!(
+    updates_are_conditional_on_the_revision,
+    crate::open,
+    crate::close
+);
 async fn updates_are_conditional_on_the_revision(store: ProductStore) -> TestResult {
     let original = product("rev", 100, "EUR", 1, 1);
     store.insert(&original).await?;
@@ -115,7 +122,11 @@ async fn updates_are_conditional_on_the_revision(store: ProductStore) -> TestRes
     Ok(())
 }
 
-both!(deletes_are_optionally_conditional);
+both!(
+    deletes_are_optionally_conditional,
+    crate::open,
+    crate::close
+);
 async fn deletes_are_optionally_conditional(store: ProductStore) -> TestResult {
     let one = product("one", 1, "EUR", 1, 1);
     let two = product("two", 1, "EUR", 1, 2);
@@ -135,7 +146,11 @@ async fn deletes_are_optionally_conditional(store: ProductStore) -> TestResult {
     Ok(())
 }
 
-both!(seeding_happens_once_and_only_into_an_empty_store);
+both!(
+    seeding_happens_once_and_only_into_an_empty_store,
+    crate::open,
+    crate::close
+);
 async fn seeding_happens_once_and_only_into_an_empty_store(store: ProductStore) -> TestResult {
     let demo = vec![
         product("demo-1", 1, "EUR", 1, 1),
@@ -166,7 +181,11 @@ async fn seeding_happens_once_and_only_into_an_empty_store(store: ProductStore) 
     Ok(())
 }
 
-both!(reopening_keeps_data_and_migrations_are_idempotent);
+both!(
+    reopening_keeps_data_and_migrations_are_idempotent,
+    crate::open,
+    crate::close
+);
 async fn reopening_keeps_data_and_migrations_are_idempotent(store: ProductStore) -> TestResult {
     store.insert(&product("kept", 1, "EUR", 1, 1)).await?;
     let url = crate::url_of(&store);

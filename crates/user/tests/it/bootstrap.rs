@@ -5,13 +5,14 @@ use platform::auth::{ROLE_SERVICE, ROLE_USER};
 use platform::config::Settings;
 use platform::proto::user::v1 as pb;
 use platform::proto::user::v1::user_service_server::UserService;
+use test_support::both;
 use tonic::{Code, Request};
 use user::bootstrap::{AdminOutcome, ensure_admin};
 use user::config::AdminBootstrap;
 use user::domain::{Email, Password, User};
 use user::{UserConfig, UserStore};
 
-use crate::{both, claims};
+use crate::claims;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -63,7 +64,11 @@ async fn sign_up(
     Ok(created)
 }
 
-both!(a_missing_administrator_is_created_once);
+both!(
+    a_missing_administrator_is_created_once,
+    crate::open,
+    crate::close
+);
 async fn a_missing_administrator_is_created_once(store: UserStore) -> TestResult {
     let hasher = crate::fast_hasher().await?;
     let admin = admin_settings(ADMIN_PASSWORD)?;
@@ -84,7 +89,11 @@ async fn a_missing_administrator_is_created_once(store: UserStore) -> TestResult
     Ok(())
 }
 
-both!(an_existing_account_with_the_password_is_promoted);
+both!(
+    an_existing_account_with_the_password_is_promoted,
+    crate::open,
+    crate::close
+);
 async fn an_existing_account_with_the_password_is_promoted(store: UserStore) -> TestResult {
     let created = sign_up(&store, ADMIN_PASSWORD).await?;
     assert_eq!(created.roles, [ROLE_USER]);
@@ -106,7 +115,11 @@ async fn an_existing_account_with_the_password_is_promoted(store: UserStore) -> 
     Ok(())
 }
 
-both!(an_existing_account_with_another_password_is_left_alone);
+both!(
+    an_existing_account_with_another_password_is_left_alone,
+    crate::open,
+    crate::close
+);
 async fn an_existing_account_with_another_password_is_left_alone(store: UserStore) -> TestResult {
     let theirs = "somebody else's password";
     sign_up(&store, theirs).await?;
@@ -151,7 +164,11 @@ fn config(store: &UserStore, password: &str) -> Result<UserConfig, platform::con
     UserConfig::from_settings(&settings, "DATABASE_URL", "sqlite://unused.db")
 }
 
-both!(restarts_are_idempotent_and_never_overwrite);
+both!(
+    restarts_are_idempotent_and_never_overwrite,
+    crate::open,
+    crate::close
+);
 async fn restarts_are_idempotent_and_never_overwrite(store: UserStore) -> TestResult {
     let first = user::build(&config(&store, ADMIN_PASSWORD)?).await?;
     first.database.close().await;

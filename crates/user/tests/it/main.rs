@@ -8,7 +8,7 @@ mod service;
 mod store;
 
 use platform::auth::Claims;
-use test_support::postgres::TestDatabase;
+use test_support::databases::TestDb;
 use user::password::{HashParams, Hasher};
 use user::{UserApi, UserStore};
 
@@ -19,30 +19,16 @@ pub const FAST: HashParams = HashParams {
     parallelism: 1,
 };
 
-/// What keeps a test's database alive: dropped after the case, which removes it.
-#[allow(dead_code)] // held only for its Drop
-pub enum Fixture {
-    Sqlite(tempfile::TempDir),
-    Postgres(TestDatabase),
+/// The subject of every case: a store on the case's fresh database (see `test_support::both!`).
+pub async fn open(db: &TestDb) -> UserStore {
+    UserStore::open(db.url(), 4)
+        .await
+        .unwrap_or_else(|error| panic!("open {}: {error}", db.url()))
 }
 
-/// A store on a fresh SQLite file.
-pub async fn sqlite_store() -> (UserStore, Fixture) {
-    let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
-    let url = platform::database::sqlite_url(&dir.path().join("user.db"));
-    let store = UserStore::open(&url, 4)
-        .await
-        .unwrap_or_else(|error| panic!("open {url}: {error}"));
-    (store, Fixture::Sqlite(dir))
-}
-
-/// A store on a fresh PostgreSQL database, or `None` when PostgreSQL is missing (see test-support).
-pub async fn postgres_store() -> Option<(UserStore, Fixture)> {
-    let database = TestDatabase::create().await?;
-    let store = UserStore::open(database.url(), 4)
-        .await
-        .unwrap_or_else(|error| panic!("open {}: {error}", database.url()));
-    Some((store, Fixture::Postgres(database)))
+/// Closes a case's store once the case is done, before its database is removed.
+pub async fn close(store: &UserStore) {
+    store.database().close().await;
 }
 
 /// The URL a store was opened with (test URLs carry no password, so the shown URL is the real one).
@@ -71,36 +57,4 @@ pub fn claims(sub: &str, roles: &[&str]) -> Claims {
         iss: "flotilla-auth".to_owned(),
         aud: "flotilla".to_owned(),
     }
-}
-
-/// Runs an async case `fn(UserStore) -> Result<..>` once on SQLite and once on PostgreSQL.
-#[macro_export]
-macro_rules! both {
-    ($case:ident) => {
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let (store, fixture) = $crate::sqlite_store().await;
-                let result = super::$case(store.clone()).await;
-                store.database().close().await;
-                drop(fixture);
-                if let Err(error) = result {
-                    panic!("{error}");
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some((store, fixture)) = $crate::postgres_store().await else {
-                    return;
-                };
-                let result = super::$case(store.clone()).await;
-                store.database().close().await;
-                drop(fixture);
-                if let Err(error) = result {
-                    panic!("{error}");
-                }
-            }
-        }
-    };
 }

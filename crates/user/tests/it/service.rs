@@ -7,12 +7,13 @@ use platform::database::Dialect;
 use platform::proto::user::v1 as pb;
 use platform::proto::user::v1::health_check_response::Status as Health;
 use platform::proto::user::v1::user_service_server::UserService;
+use test_support::both;
 use tonic::{Code, Request, Status};
 use user::domain::{Cursor, Email, PasswordHash};
 use user::password::{HashParams, Hasher};
 use user::{UserApi, UserStore};
 
-use crate::{both, claims};
+use crate::claims;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -103,7 +104,11 @@ fn failure<T: std::fmt::Debug>(result: Result<T, Status>) -> (Code, String) {
     }
 }
 
-both!(a_new_account_signs_in_with_its_password_only);
+both!(
+    a_new_account_signs_in_with_its_password_only,
+    crate::open,
+    crate::close
+);
 async fn a_new_account_signs_in_with_its_password_only(store: UserStore) -> TestResult {
     let api = crate::api(store).await?;
     let password = "correct horse battery staple";
@@ -147,7 +152,11 @@ async fn a_new_account_signs_in_with_its_password_only(store: UserStore) -> Test
     Ok(())
 }
 
-both!(only_the_auth_service_may_check_passwords);
+both!(
+    only_the_auth_service_may_check_passwords,
+    crate::open,
+    crate::close
+);
 async fn only_the_auth_service_may_check_passwords(store: UserStore) -> TestResult {
     let api = crate::api(store).await?;
     let password = "a perfectly fine password";
@@ -164,7 +173,11 @@ async fn only_the_auth_service_may_check_passwords(store: UserStore) -> TestResu
     Ok(())
 }
 
-both!(sign_ups_are_checked_and_emails_are_unique);
+both!(
+    sign_ups_are_checked_and_emails_are_unique,
+    crate::open,
+    crate::close
+);
 async fn sign_ups_are_checked_and_emails_are_unique(store: UserStore) -> TestResult {
     let api = crate::api(store).await?;
     create(&api, "carol@example.com", "first password", "Carol").await?;
@@ -210,7 +223,11 @@ async fn sign_ups_are_checked_and_emails_are_unique(store: UserStore) -> TestRes
     Ok(())
 }
 
-both!(an_account_is_readable_by_its_owner_and_administrators);
+both!(
+    an_account_is_readable_by_its_owner_and_administrators,
+    crate::open,
+    crate::close
+);
 async fn an_account_is_readable_by_its_owner_and_administrators(store: UserStore) -> TestResult {
     let api = crate::api(store).await?;
     let frank = create(&api, "frank@example.com", "frank's password", "Frank").await?;
@@ -247,7 +264,11 @@ async fn an_account_is_readable_by_its_owner_and_administrators(store: UserStore
     Ok(())
 }
 
-both!(administrators_page_through_every_account);
+both!(
+    administrators_page_through_every_account,
+    crate::open,
+    crate::close
+);
 async fn administrators_page_through_every_account(store: UserStore) -> TestResult {
     let api = crate::api(store).await?;
     let mut created = Vec::new();
@@ -304,7 +325,7 @@ async fn administrators_page_through_every_account(store: UserStore) -> TestResu
     Ok(())
 }
 
-both!(health_follows_the_database);
+both!(health_follows_the_database, crate::open, crate::close);
 async fn health_follows_the_database(store: UserStore) -> TestResult {
     let api = crate::api(store.clone()).await?;
     let before = platform::time::now_micros() / 1_000_000;
@@ -336,7 +357,11 @@ async fn stored_hash(store: &UserStore, email: &str) -> Result<String, Box<dyn s
     Ok(account.password_hash.as_phc().to_owned())
 }
 
-both!(a_sign_in_rehashes_a_password_made_with_other_parameters);
+both!(
+    a_sign_in_rehashes_a_password_made_with_other_parameters,
+    crate::open,
+    crate::close
+);
 async fn a_sign_in_rehashes_a_password_made_with_other_parameters(store: UserStore) -> TestResult {
     let password = "upgrade me on sign-in";
     let old = crate::api(store.clone()).await?;
@@ -387,7 +412,11 @@ async fn a_sign_in_rehashes_a_password_made_with_other_parameters(store: UserSto
     Ok(())
 }
 
-both!(a_rehash_that_cannot_be_stored_does_not_fail_the_sign_in);
+both!(
+    a_rehash_that_cannot_be_stored_does_not_fail_the_sign_in,
+    crate::open,
+    crate::close
+);
 async fn a_rehash_that_cannot_be_stored_does_not_fail_the_sign_in(store: UserStore) -> TestResult {
     let password = "upgrade me if you can";
     let old = crate::api(store.clone()).await?;

@@ -1,10 +1,9 @@
 //! The store against SQLite and PostgreSQL: every case runs on both.
 
+use test_support::both;
 use user::domain::{Account, Cursor, Email, PasswordHash, Roles, User, UserId};
 use user::error::UserError;
 use user::store::UserStore;
-
-use crate::both;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -25,7 +24,7 @@ fn emails(users: &[User]) -> Vec<&str> {
     users.iter().map(|user| user.email.as_str()).collect()
 }
 
-both!(insert_then_read_round_trips);
+both!(insert_then_read_round_trips, crate::open, crate::close);
 async fn insert_then_read_round_trips(store: UserStore) -> TestResult {
     let mut original = account("Ünïcödé.O'Brien@Example.COM", 1_700_000_000_000_001)?;
     original.user.name = "Zoë O'Brien, \"the first\"".into();
@@ -54,7 +53,11 @@ async fn insert_then_read_round_trips(store: UserStore) -> TestResult {
     Ok(())
 }
 
-both!(an_email_has_one_account_whatever_the_case_of_its_domain);
+both!(
+    an_email_has_one_account_whatever_the_case_of_its_domain,
+    crate::open,
+    crate::close
+);
 async fn an_email_has_one_account_whatever_the_case_of_its_domain(store: UserStore) -> TestResult {
     let first = account("ada@example.com", 1)?;
     store.insert(&first).await?;
@@ -76,7 +79,11 @@ async fn an_email_has_one_account_whatever_the_case_of_its_domain(store: UserSto
     Ok(())
 }
 
-both!(listing_walks_pages_oldest_first_with_ids_breaking_ties);
+both!(
+    listing_walks_pages_oldest_first_with_ids_breaking_ties,
+    crate::open,
+    crate::close
+);
 async fn listing_walks_pages_oldest_first_with_ids_breaking_ties(store: UserStore) -> TestResult {
     let mut accounts = Vec::new();
     for (email, at) in [
@@ -111,7 +118,11 @@ async fn listing_walks_pages_oldest_first_with_ids_breaking_ties(store: UserStor
     Ok(())
 }
 
-both!(roles_change_only_from_what_was_read);
+both!(
+    roles_change_only_from_what_was_read,
+    crate::open,
+    crate::close
+);
 async fn roles_change_only_from_what_was_read(store: UserStore) -> TestResult {
     let original = account("root@example.com", 1)?;
     store.insert(&original).await?;
@@ -133,7 +144,11 @@ async fn roles_change_only_from_what_was_read(store: UserStore) -> TestResult {
     Ok(())
 }
 
-both!(a_taken_email_is_found_whatever_the_case_of_its_domain);
+both!(
+    a_taken_email_is_found_whatever_the_case_of_its_domain,
+    crate::open,
+    crate::close
+);
 async fn a_taken_email_is_found_whatever_the_case_of_its_domain(store: UserStore) -> TestResult {
     let taken = |raw: &str| Email::parse("email", raw);
     assert!(!store.email_taken(&taken("ada@example.com")?).await?);
@@ -144,7 +159,11 @@ async fn a_taken_email_is_found_whatever_the_case_of_its_domain(store: UserStore
     Ok(())
 }
 
-both!(a_password_hash_is_replaced_only_from_what_was_read);
+both!(
+    a_password_hash_is_replaced_only_from_what_was_read,
+    crate::open,
+    crate::close
+);
 async fn a_password_hash_is_replaced_only_from_what_was_read(store: UserStore) -> TestResult {
     let original = account("hash@example.com", 1)?;
     store.insert(&original).await?;
@@ -180,7 +199,11 @@ async fn a_password_hash_is_replaced_only_from_what_was_read(store: UserStore) -
     Ok(())
 }
 
-both!(reopening_keeps_accounts_and_migrations_are_idempotent);
+both!(
+    reopening_keeps_accounts_and_migrations_are_idempotent,
+    crate::open,
+    crate::close
+);
 async fn reopening_keeps_accounts_and_migrations_are_idempotent(store: UserStore) -> TestResult {
     let kept = account("kept@example.com", 1)?;
     store.insert(&kept).await?;
