@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use platform::auth::{AuthConfig, KeySource};
 use platform::config::{ConfigError, Origin, Secret, Settings, redact_url_password};
+use platform::database::DatabaseConfig;
 
 use crate::domain::TokenRules;
 use crate::limiter::LoginLimits;
@@ -40,10 +41,9 @@ pub enum SigningConfig {
 /// redacted, and the shared secret (if any) as `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AuthServiceConfig {
-    /// Where refresh tokens and token ids live: `sqlite://PATH` or `postgres://…`.
-    pub database_url: String,
-    /// Most database connections (`FLOTILLA_AUTH_DB_MAX_CONNECTIONS`, default 10).
-    pub max_connections: u32,
+    /// Where refresh tokens and token ids live (`sqlite://PATH` or `postgres://…`) and the pool
+    /// size (`FLOTILLA_AUTH_DB_MAX_CONNECTIONS`, default 10).
+    pub database: DatabaseConfig,
     /// The signing keys.
     pub signing: SigningConfig,
     /// `iss` of issued tokens (`FLOTILLA_JWT_ISSUER`, default `flotilla-auth`).
@@ -85,10 +85,11 @@ impl AuthServiceConfig {
         default_database_url: &str,
         default_key_file: Option<&Path>,
     ) -> Result<Self, ConfigError> {
-        let database_url = settings.url(
+        let database = DatabaseConfig::from_settings(
+            settings,
+            "auth",
             database_variable,
             default_database_url,
-            &["sqlite", "postgres", "postgresql"],
         )?;
         // Only the mode, issuer, audience and leeway are used from this; the endpoint it reads in
         // Ed25519 mode is where *other* components fetch keys from.
@@ -101,8 +102,7 @@ impl AuthServiceConfig {
             },
         };
         Ok(Self {
-            database_url,
-            max_connections: settings.count("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", 10)?,
+            database,
             signing,
             issuer: verification.issuer,
             audience: verification.audience,
@@ -151,8 +151,7 @@ impl AuthServiceConfig {
 impl fmt::Debug for AuthServiceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthServiceConfig")
-            .field("database_url", &redact_url_password(&self.database_url))
-            .field("max_connections", &self.max_connections)
+            .field("database", &self.database)
             .field("signing", &self.signing)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -268,8 +267,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_documented_values() -> TestResult {
         let config = parse(&[])?;
-        assert_eq!(config.database_url, "sqlite://data/auth.db");
-        assert_eq!(config.max_connections, 10);
+        assert_eq!(config.database.url, "sqlite://data/auth.db");
+        assert_eq!(config.database.max_connections, 10);
         assert_eq!(
             config.signing,
             SigningConfig::Ed25519 {
@@ -318,8 +317,8 @@ mod tests {
             "sqlite://unused.db",
             None,
         )?;
-        assert_eq!(config.database_url, "postgres://auth@db/auth");
-        assert_eq!(config.max_connections, 3);
+        assert_eq!(config.database.url, "postgres://auth@db/auth");
+        assert_eq!(config.database.max_connections, 3);
         assert_eq!(
             config.signing,
             SigningConfig::Ed25519 {
@@ -446,7 +445,7 @@ mod tests {
             "{shown}"
         );
         assert_eq!(
-            config.database_url,
+            config.database.url,
             "postgres://auth:hunter2-s3cret@db.internal:5432/auth?sslmode=require",
             "only the printout is redacted"
         );

@@ -130,7 +130,7 @@ pub async fn build_api(
         })?
         .connect_timeout(USER_CONNECT_TIMEOUT)
         .connect_lazy();
-    let store = AuthStore::open(&config.database_url, config.max_connections).await?;
+    let store = AuthStore::open(&config.database).await?;
     if let Some(kid) = ring.current().kid() {
         tracing::info!(kid, "signing access tokens with Ed25519");
     } else {

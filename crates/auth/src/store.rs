@@ -24,7 +24,7 @@
 //! once the token has expired beyond the leeway, refresh tokens once expired (used ones are kept
 //! until then, because presenting one is how a stolen copy is detected), families once empty.
 
-use platform::database::{Database, DatabaseError};
+use platform::database::{Database, DatabaseConfig, DatabaseError};
 use platform::sqlx::{self, Row};
 
 use crate::domain::{AccessTokenStatus, StoredRefresh, TokenHash};
@@ -87,8 +87,8 @@ impl AuthStore {
     ///
     /// # Errors
     /// A [`DatabaseError`] when the database cannot be reached or migrated.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Self, DatabaseError> {
-        let database = Database::connect(url, max_connections).await?;
+    pub async fn open(config: &DatabaseConfig) -> Result<Self, DatabaseError> {
+        let database = Database::connect(&config.url, config.max_connections).await?;
         database.migrate(&MIGRATOR).await?;
         Ok(Self { database })
     }

@@ -307,7 +307,7 @@ mod tests {
             config: product,
         } = config.product.ok_or("up runs the product service")?;
         assert_eq!(serve.grpc_addr, "127.0.0.1:50053".parse::<SocketAddr>()?);
-        assert_eq!(product.database_url, "sqlite:///srv/f/product.db");
+        assert_eq!(product.database.url, "sqlite:///srv/f/product.db");
         assert!(product.seed_demo);
         let gateway = config.gateway.ok_or("up runs the gateway")?;
         assert_eq!(gateway.product_endpoint, "http://127.0.0.1:50053");
@@ -327,7 +327,7 @@ mod tests {
             .product
             .ok_or("serve product runs the product service")?;
         assert_eq!(serve.grpc_addr.ip().to_string(), "0.0.0.0");
-        assert_eq!(product.database_url, "postgres://app:pw@db/product");
+        assert_eq!(product.database.url, "postgres://app:pw@db/product");
         assert!(!product.seed_demo);
         Ok(())
     }

@@ -20,6 +20,63 @@ use crate::config::redact_url_password;
 /// How long a caller waits for a pooled connection, and how long a readiness ping may take.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A service's database settings: where its database is and how many connections it may hold.
+/// `Debug` hides the URL's password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+    /// Most connections in the pool (`FLOTILLA_<SERVICE>_DB_MAX_CONNECTIONS`, default 10).
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    /// Reads the URL from `url_variable` (`DATABASE_URL` when a service runs alone,
+    /// `FLOTILLA_<SERVICE>_DATABASE_URL` under `flotilla up`, where each has its own) with
+    /// `default_url`, and `FLOTILLA_<SERVICE>_DB_MAX_CONNECTIONS`.
+    ///
+    /// # Errors
+    /// A [`crate::config::ConfigError`] naming the bad variable.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        service: &str,
+        url_variable: &str,
+        default_url: &str,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            url: settings.url(
+                url_variable,
+                default_url,
+                &["sqlite", "postgres", "postgresql"],
+            )?,
+            max_connections: settings.count(
+                &format!(
+                    "FLOTILLA_{}_DB_MAX_CONNECTIONS",
+                    service.to_ascii_uppercase()
+                ),
+                10,
+            )?,
+        })
+    }
+
+    /// Settings for a fresh pool of `max_connections` to `url` (tests and tools).
+    pub fn new(url: impl Into<String>, max_connections: u32) -> Self {
+        Self {
+            url: url.into(),
+            max_connections,
+        }
+    }
+}
+
 /// Which SQL dialect a database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

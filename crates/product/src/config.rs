@@ -1,14 +1,14 @@
 //! The product service's settings.
 
 use platform::config::{ConfigError, Settings};
+use platform::database::DatabaseConfig;
 
 /// How the product service stores its catalogue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductConfig {
-    /// Where the catalogue lives: `sqlite://PATH` or `postgres://…`.
-    pub database_url: String,
-    /// Most database connections the service holds (`FLOTILLA_PRODUCT_DB_MAX_CONNECTIONS`, default 10).
-    pub max_connections: u32,
+    /// Where the catalogue lives (`sqlite://PATH` or `postgres://…`) and the pool size
+    /// (`FLOTILLA_PRODUCT_DB_MAX_CONNECTIONS`, default 10).
+    pub database: DatabaseConfig,
     /// Whether to add the demo catalogue to an empty store once (`FLOTILLA_PRODUCT_SEED_DEMO`).
     pub seed_demo: bool,
 }
@@ -26,14 +26,13 @@ impl ProductConfig {
         default_database_url: &str,
         default_seed_demo: bool,
     ) -> Result<Self, ConfigError> {
-        let database_url = settings.url(
-            database_variable,
-            default_database_url,
-            &["sqlite", "postgres", "postgresql"],
-        )?;
         Ok(Self {
-            database_url,
-            max_connections: settings.count("FLOTILLA_PRODUCT_DB_MAX_CONNECTIONS", 10)?,
+            database: DatabaseConfig::from_settings(
+                settings,
+                "product",
+                database_variable,
+                default_database_url,
+            )?,
             seed_demo: settings.bool("FLOTILLA_PRODUCT_SEED_DEMO", default_seed_demo)?,
         })
     }

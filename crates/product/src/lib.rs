@@ -54,7 +54,7 @@ pub enum BuildError {
 /// # Errors
 /// [`BuildError`] when the database cannot be reached, migrated or seeded.
 pub async fn build(config: &ProductConfig) -> Result<BuiltProduct, BuildError> {
-    let store = ProductStore::open(&config.database_url, config.max_connections).await?;
+    let store = ProductStore::open(&config.database).await?;
     if config.seed_demo {
         let products = seed::demo_catalogue(platform::time::now_micros())
             .map_err(|error| BuildError::Seed(error.to_string()))?;

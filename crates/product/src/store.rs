@@ -7,7 +7,7 @@
 //! no transaction has to hold a lock across the read (SQLite cannot upgrade a read lock without
 //! risking a busy error).
 
-use platform::database::{Database, DatabaseError};
+use platform::database::{Database, DatabaseConfig, DatabaseError};
 use platform::sqlx::any::{AnyArguments, AnyRow};
 use platform::sqlx::query::Query;
 use platform::sqlx::{self, Any, AssertSqlSafe, Row};
@@ -48,8 +48,8 @@ impl ProductStore {
     ///
     /// # Errors
     /// A [`DatabaseError`] when the database cannot be reached or migrated.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Self, DatabaseError> {
-        let database = Database::connect(url, max_connections).await?;
+    pub async fn open(config: &DatabaseConfig) -> Result<Self, DatabaseError> {
+        let database = Database::connect(&config.url, config.max_connections).await?;
         database.migrate(&MIGRATOR).await?;
         Ok(Self { database })
     }

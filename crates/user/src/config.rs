@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-use platform::config::{ConfigError, Origin, Settings, redact_url_password};
+use platform::config::{ConfigError, Origin, Settings};
+use platform::database::DatabaseConfig;
 
 use crate::domain::{Email, Password};
 use crate::password::{DEFAULT_ITERATIONS, DEFAULT_MEMORY_KIB, DEFAULT_PARALLELISM, HashParams};
@@ -28,10 +29,9 @@ pub const DB_MAX_CONNECTIONS: &str = "FLOTILLA_USER_DB_MAX_CONNECTIONS";
 /// the database URL and the administrator's password.
 #[derive(Clone)]
 pub struct UserConfig {
-    /// Where accounts live: `sqlite://PATH` or `postgres://…`.
-    pub database_url: String,
-    /// Most database connections the service holds (`FLOTILLA_USER_DB_MAX_CONNECTIONS`, default 10).
-    pub max_connections: u32,
+    /// Where accounts live (`sqlite://PATH` or `postgres://…`) and the pool size
+    /// (`FLOTILLA_USER_DB_MAX_CONNECTIONS`, default 10).
+    pub database: DatabaseConfig,
     /// The cost of a password hash (`FLOTILLA_ARGON2_MEMORY_KIB`, `FLOTILLA_ARGON2_ITERATIONS`,
     /// `FLOTILLA_ARGON2_PARALLELISM`; OWASP's 19456 KiB, 2, 1 by default).
     pub hash_params: HashParams,
@@ -43,8 +43,7 @@ pub struct UserConfig {
 impl fmt::Debug for UserConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserConfig")
-            .field("database_url", &redact_url_password(&self.database_url))
-            .field("max_connections", &self.max_connections)
+            .field("database", &self.database)
             .field("hash_params", &self.hash_params)
             .field("admin", &self.admin)
             .finish()
@@ -75,14 +74,13 @@ impl UserConfig {
         database_variable: &str,
         default_database_url: &str,
     ) -> Result<Self, ConfigError> {
-        let database_url = settings.url(
-            database_variable,
-            default_database_url,
-            &["sqlite", "postgres", "postgresql"],
-        )?;
         Ok(Self {
-            database_url,
-            max_connections: settings.count(DB_MAX_CONNECTIONS, 10)?,
+            database: DatabaseConfig::from_settings(
+                settings,
+                "user",
+                database_variable,
+                default_database_url,
+            )?,
             hash_params: hash_params(settings)?,
             admin: admin_bootstrap(settings)?,
         })
@@ -217,8 +215,8 @@ mod tests {
     #[test]
     fn defaults_are_owasp_and_no_admin() -> Result<(), ConfigError> {
         let config = parse(&[])?;
-        assert_eq!(config.database_url, DEFAULT_URL);
-        assert_eq!(config.max_connections, 10);
+        assert_eq!(config.database.url, DEFAULT_URL);
+        assert_eq!(config.database.max_connections, 10);
         assert_eq!(
             config.hash_params,
             HashParams {
@@ -246,8 +244,8 @@ mod tests {
             "FLOTILLA_USER_DATABASE_URL",
             DEFAULT_URL,
         )?;
-        assert_eq!(config.database_url, "postgres://u@db/users");
-        assert_eq!(config.max_connections, 3);
+        assert_eq!(config.database.url, "postgres://u@db/users");
+        assert_eq!(config.database.max_connections, 3);
         assert_eq!(
             config.hash_params,
             HashParams {

@@ -316,7 +316,7 @@ mod tests {
     async fn a_taken_email_is_refused_before_any_hashing() -> TestResult {
         let dir = tempfile::tempdir()?;
         let url = platform::database::sqlite_url(&dir.path().join("user.db"));
-        let store = UserStore::open(&url, 2).await?;
+        let store = UserStore::open(&platform::database::DatabaseConfig::new(url, 2)).await?;
         let hasher = Hasher::new(crate::password::HashParams {
             memory_kib: 1024,
             iterations: 1,

@@ -61,7 +61,7 @@ pub async fn build(config: &UserConfig) -> Result<BuiltUser, BuildError> {
     if let Some(warning) = config.weak_hashing_warning() {
         tracing::warn!("{warning}");
     }
-    let store = UserStore::open(&config.database_url, config.max_connections).await?;
+    let store = UserStore::open(&config.database).await?;
     let hasher = Hasher::new(config.hash_params).await?;
     if let Some(admin) = &config.admin {
         bootstrap::ensure_admin(&store, &hasher, admin)

@@ -15,7 +15,7 @@
 //! leaves the column out. [`UserStore::replace_password_hash`] writes it, conditionally, when a
 //! sign-in rehashes a password at new argon2 parameters.
 
-use platform::database::{Database, DatabaseError};
+use platform::database::{Database, DatabaseConfig, DatabaseError};
 use platform::sqlx::any::AnyRow;
 use platform::sqlx::{self, Row};
 
@@ -52,8 +52,8 @@ impl UserStore {
     ///
     /// # Errors
     /// A [`DatabaseError`] when the database cannot be reached or migrated.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Self, DatabaseError> {
-        let database = Database::connect(url, max_connections).await?;
+    pub async fn open(config: &DatabaseConfig) -> Result<Self, DatabaseError> {
+        let database = Database::connect(&config.url, config.max_connections).await?;
         database.migrate(&MIGRATOR).await?;
         Ok(Self { database })
     }

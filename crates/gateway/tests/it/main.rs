@@ -28,8 +28,10 @@ struct Upstream {
 async fn product_service() -> Result<Upstream, Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
     let config = product::ProductConfig {
-        database_url: platform::database::sqlite_url(&dir.path().join("product.db")),
-        max_connections: 4,
+        database: platform::database::DatabaseConfig::new(
+            platform::database::sqlite_url(&dir.path().join("product.db")),
+            4,
+        ),
         seed_demo: true,
     };
     let built = product::build(&config).await?;

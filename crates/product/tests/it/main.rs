@@ -4,12 +4,13 @@
 mod service;
 mod store;
 
+use platform::database::DatabaseConfig;
 use product::ProductStore;
 use test_support::databases::TestDb;
 
 /// The subject of every case: a store on the case's fresh database (see `test_support::both!`).
 pub async fn open(db: &TestDb) -> ProductStore {
-    ProductStore::open(db.url(), 4)
+    ProductStore::open(&DatabaseConfig::new(db.url(), 4))
         .await
         .unwrap_or_else(|error| panic!("open {}: {error}", db.url()))
 }

@@ -1,5 +1,6 @@
 //! The store against SQLite and PostgreSQL: every case runs on both.
 
+use platform::database::DatabaseConfig;
 use product::domain::{Cursor, Product, ProductFilter, ProductId, RawProductFields};
 use product::error::ProductError;
 use product::store::{ProductStore, WriteOutcome};
@@ -189,7 +190,7 @@ both!(
 async fn reopening_keeps_data_and_migrations_are_idempotent(store: ProductStore) -> TestResult {
     store.insert(&product("kept", 1, "EUR", 1, 1)).await?;
     let url = crate::url_of(&store);
-    let reopened = ProductStore::open(&url, 2).await?;
+    let reopened = ProductStore::open(&DatabaseConfig::new(url, 2)).await?;
     assert!(
         reopened
             .get(&ProductId::parse("id", "kept")?)

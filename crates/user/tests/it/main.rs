@@ -8,6 +8,7 @@ mod service;
 mod store;
 
 use platform::auth::Claims;
+use platform::database::DatabaseConfig;
 use test_support::databases::TestDb;
 use user::password::{HashParams, Hasher};
 use user::{UserApi, UserStore};
@@ -21,7 +22,7 @@ pub const FAST: HashParams = HashParams {
 
 /// The subject of every case: a store on the case's fresh database (see `test_support::both!`).
 pub async fn open(db: &TestDb) -> UserStore {
-    UserStore::open(db.url(), 4)
+    UserStore::open(&DatabaseConfig::new(db.url(), 4))
         .await
         .unwrap_or_else(|error| panic!("open {}: {error}", db.url()))
 }

@@ -1,5 +1,6 @@
 //! The store against SQLite and PostgreSQL: every case runs on both.
 
+use platform::database::DatabaseConfig;
 use test_support::both;
 use user::domain::{Account, Cursor, Email, PasswordHash, Roles, User, UserId};
 use user::error::UserError;
@@ -207,7 +208,7 @@ both!(
 async fn reopening_keeps_accounts_and_migrations_are_idempotent(store: UserStore) -> TestResult {
     let kept = account("kept@example.com", 1)?;
     store.insert(&kept).await?;
-    let reopened = UserStore::open(&crate::url_of(&store), 2).await?;
+    let reopened = UserStore::open(&DatabaseConfig::new(crate::url_of(&store), 2)).await?;
     assert_eq!(reopened.get(&kept.user.id).await?, Some(kept.user));
     reopened.database().close().await;
     Ok(())
