@@ -56,6 +56,13 @@ enum Command {
         /// Which component.
         component: Component,
     },
+    /// Run the embedded service registry alone: the subset of Consul's HTTP API Flotilla uses, with
+    /// its state in the data directory (`flotilla serve registry` does the same).
+    Registry {
+        /// The HTTP API's address (default 127.0.0.1:8500, Consul's; or FLOTILLA_REGISTRY_ADDR).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
     /// Rotate the JWT signing key: the current key becomes the previous one (still published and
     /// accepted until its tokens expire) and a new current key is generated. Restart the auth
     /// service afterwards; the other components fetch the new public key by themselves.
@@ -82,21 +89,27 @@ fn main() -> ExitCode {
         | Command::Config {
             component: Some(component),
         } => Mode::Serve(*component),
+        Command::Registry { .. } => Mode::Serve(Component::Registry),
         Command::Config { component: None } | Command::RotateKeys => Mode::Up {
             listen_ephemeral: false,
         },
     };
-    let config = match settings::SystemConfig::parse(raw, &cli.data_dir, mode) {
+    let mut config = match settings::SystemConfig::parse(raw, &cli.data_dir, mode) {
         Ok(config) => config,
         Err(error) => return bad_setting(&error),
     };
+    if let (Command::Registry { addr: Some(addr) }, Some(registry)) =
+        (&cli.command, &mut config.registry)
+    {
+        registry.addr = *addr;
+    }
     match cli.command {
         Command::Config { .. } => {
             print!("{}", config.describe());
             return ExitCode::SUCCESS;
         }
         Command::RotateKeys => return rotate_keys(&config),
-        Command::Up { .. } | Command::Serve { .. } => {}
+        Command::Up { .. } | Command::Serve { .. } | Command::Registry { .. } => {}
     }
 
     platform::telemetry::init_logging(&config.log);

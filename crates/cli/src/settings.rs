@@ -16,6 +16,7 @@ use platform::config::{ConfigError, Settings};
 use platform::serve::ServeConfig;
 use platform::telemetry::{LogConfig, LogFormat};
 use product::ProductConfig;
+use registry::RegistryConfig;
 use user::UserConfig;
 
 /// The components that can run alone.
@@ -29,6 +30,8 @@ pub enum Component {
     Product,
     /// The HTTP/JSON gateway.
     Gateway,
+    /// The embedded service registry (Consul's HTTP API subset).
+    Registry,
 }
 
 /// How the binary runs.
@@ -48,6 +51,8 @@ const USER_PORTS: (u16, u16) = (50051, 9081);
 const AUTH_PORTS: (u16, u16) = (50052, 9082);
 const PRODUCT_PORTS: (u16, u16) = (50053, 9083);
 const GATEWAY_PORTS: (u16, u16) = (8080, 9080);
+/// Consul's agent port, so the Consul client's default finds the embedded registry.
+const REGISTRY_PORTS: (u16, u16) = (8500, 9085);
 
 /// The name of the signing key file `up` keeps in its data directory.
 pub const UP_KEY_FILE: &str = "jwt-ed25519.pem";
@@ -88,6 +93,8 @@ const ALL_SETTINGS: &[&str] = &[
     "FLOTILLA_PRODUCT_ENDPOINT",
     "FLOTILLA_PRODUCT_GRPC_ADDR",
     "FLOTILLA_PRODUCT_SEED_DEMO",
+    "FLOTILLA_REGISTRY_ADDR",
+    "FLOTILLA_REGISTRY_ADMIN_ADDR",
     "FLOTILLA_REFRESH_EXPIRY",
     "FLOTILLA_USER_ADMIN_ADDR",
     "FLOTILLA_USER_DATABASE_URL",
@@ -127,6 +134,8 @@ pub struct SystemConfig {
     pub product: Option<ServiceParts<ProductConfig>>,
     /// The gateway, when this run has it.
     pub gateway: Option<GatewayConfig>,
+    /// The embedded registry, when this run has it.
+    pub registry: Option<RegistryConfig>,
     settings: Settings,
 }
 
@@ -251,6 +260,19 @@ impl SystemConfig {
         } else {
             None
         };
+        let registry = if matches!(mode, Mode::Serve(Component::Registry)) {
+            // Loopback by default, as Consul's agent binds its HTTP API.
+            let loopback = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
+            Some(RegistryConfig {
+                addr: settings.socket_addr("FLOTILLA_REGISTRY_ADDR", loopback(REGISTRY_PORTS.0))?,
+                admin_addr: settings
+                    .socket_addr("FLOTILLA_REGISTRY_ADMIN_ADDR", loopback(REGISTRY_PORTS.1))?,
+                data_dir: Some(data_dir.to_path_buf()),
+                drain_timeout: platform::serve::drain_timeout(&settings)?,
+            })
+        } else {
+            None
+        };
         settings.reject_unknown_file_keys(ALL_SETTINGS)?;
         Ok(Self {
             mode,
@@ -261,6 +283,7 @@ impl SystemConfig {
             auth,
             product,
             gateway,
+            registry,
             settings,
         })
     }
@@ -358,6 +381,7 @@ mod tests {
             Mode::Serve(Component::User),
             Mode::Serve(Component::Product),
             Mode::Serve(Component::Gateway),
+            Mode::Serve(Component::Registry),
         ] {
             let config = SystemConfig::parse(no_settings(), Path::new("data"), mode)?;
             read.extend(

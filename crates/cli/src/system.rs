@@ -76,6 +76,9 @@ async fn start(
     databases: &mut Vec<Database>,
 ) -> anyhow::Result<()> {
     let up = matches!(config.mode, Mode::Up { .. });
+    if let Some(registry_config) = &config.registry {
+        running.push(registry::spawn(registry_config.clone()).await?);
+    }
     let user_listeners = bind("user", config.user.as_ref().map(|parts| &parts.serve)).await?;
     let auth_listeners = bind("auth", config.auth.as_ref().map(|parts| &parts.serve)).await?;
     let product_listeners =

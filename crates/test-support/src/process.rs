@@ -89,11 +89,14 @@ impl Flotilla {
         for (name, value) in env {
             command.env(name, value);
         }
+        // The log file is appended across restarts: only what this start writes counts.
+        let earlier = read_log(data_dir).len();
         let mut child = command.spawn().expect("start flotilla");
 
         let deadline = tokio::time::Instant::now() + START_PATIENCE;
         loop {
-            if let Some(endpoints) = ready(&read_log(data_dir)) {
+            let log = read_log(data_dir);
+            if let Some(endpoints) = ready(log.get(earlier..).unwrap_or_default()) {
                 return Self {
                     child,
                     data_dir: data_dir.to_path_buf(),

@@ -5,6 +5,7 @@
 mod cli;
 mod identity;
 mod lifecycle;
+mod registry;
 mod rotation;
 mod serve;
 mod up;
