@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub body_limit: usize,
     /// How long in-flight requests may take to finish at shutdown (`FLOTILLA_DRAIN_TIMEOUT`).
     pub drain_timeout: Duration,
+    /// Load balancers in front of the gateway whose `X-Forwarded-For` is believed
+    /// (`FLOTILLA_GATEWAY_TRUSTED_PROXIES`, none by default: the TCP peer is the client).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Largest request body: the API takes small JSON documents.
@@ -70,6 +73,7 @@ impl GatewayConfig {
                 .duration("FLOTILLA_GATEWAY_TIMEOUT", Duration::from_secs(3))?,
             body_limit: BODY_LIMIT_BYTES,
             drain_timeout: platform::serve::drain_timeout(settings)?,
+            trusted_proxies: settings.ip_addresses("FLOTILLA_GATEWAY_TRUSTED_PROXIES", &[])?,
         })
     }
 }

@@ -105,7 +105,8 @@ pub async fn spawn(config: GatewayConfig) -> Result<Running, ComponentError> {
         component: "gateway".into(),
         reason: error.to_string(),
     })?;
-    let state = AppState::new(upstreams, verifier, config.request_timeout);
+    let state = AppState::new(upstreams, verifier, config.request_timeout)
+        .with_trusted_proxies(config.trusted_proxies.clone());
     let readiness = state.readiness.clone();
     // Connection info gives handlers the client's address (failed logins are limited per address).
     let app = router(state, config.body_limit).into_make_service_with_connect_info::<SocketAddr>();

@@ -1,7 +1,7 @@
 //! What every handler shares: gRPC clients of the services, the token verifier, the per-request
 //! deadline, and the readiness flag.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use platform::admin::Readiness;
@@ -31,6 +31,7 @@ pub struct AppState {
     upstreams: Upstreams,
     pub(crate) verifier: Verifier,
     deadline: Duration,
+    trusted_proxies: Vec<IpAddr>,
     pub(crate) readiness: Readiness,
 }
 
@@ -41,8 +42,21 @@ impl AppState {
             upstreams,
             verifier,
             deadline,
+            trusted_proxies: Vec::new(),
             readiness: Readiness::new(),
         }
+    }
+
+    /// Trusts `X-Forwarded-For` from these peers (the load balancers in front of the gateway).
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    /// The peers whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[IpAddr] {
+        &self.trusted_proxies
     }
 
     /// A client of the product service.
@@ -79,10 +93,10 @@ impl AppState {
 
     /// As [`AppState::with_deadline`], telling the service which address the request came from
     /// (the auth service limits failed logins per address).
-    pub fn from_client<T>(&self, client: Option<SocketAddr>, message: T) -> tonic::Request<T> {
+    pub fn from_client<T>(&self, client: Option<IpAddr>, message: T) -> tonic::Request<T> {
         let mut request = self.with_deadline(message);
         if let Some(address) = client
-            && let Ok(value) = MetadataValue::try_from(address.ip().to_string())
+            && let Ok(value) = MetadataValue::try_from(address.to_string())
         {
             request.metadata_mut().insert("x-forwarded-for", value);
         }

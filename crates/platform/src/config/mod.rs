@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -287,6 +287,26 @@ impl Settings {
         })
     }
 
+    /// A comma-separated list of IP addresses, such as trusted proxies.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when an entry is not an IP address.
+    pub fn ip_addresses(&self, name: &str, default: &[IpAddr]) -> Result<Vec<IpAddr>, ConfigError> {
+        self.parse_or(
+            name,
+            IpList(default.to_vec()),
+            "comma-separated IP addresses, such as 10.0.0.2,10.0.0.3",
+            |value| {
+                value
+                    .split(',')
+                    .map(|entry| entry.trim().parse::<IpAddr>().ok())
+                    .collect::<Option<Vec<_>>>()
+                    .map(IpList)
+            },
+        )
+        .map(|IpList(addresses)| addresses)
+    }
+
     /// A whole number of at least 1, such as a connection count.
     ///
     /// # Errors
@@ -401,6 +421,19 @@ impl Shown<String> for Duration {
 impl Shown<SocketAddr> for SocketAddr {
     fn shown(&self) -> SocketAddr {
         *self
+    }
+}
+
+/// A list of addresses, shown comma-separated.
+struct IpList(Vec<IpAddr>);
+
+impl Shown<String> for IpList {
+    fn shown(&self) -> String {
+        self.0
+            .iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

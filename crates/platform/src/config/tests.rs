@@ -228,3 +228,26 @@ fn url_secrets_are_redacted_wherever_they_sit() {
         assert_eq!(redact_url_password(url), shown, "{url}");
     }
 }
+
+#[test]
+fn ip_lists_are_parsed_or_refused_by_entry() {
+    let settings = Settings::from_pairs([("GOOD", "10.0.0.2, ::1"), ("BAD", "10.0.0.2,gateway")]);
+    let good = settings.ip_addresses("GOOD", &[]).unwrap_or_default();
+    assert_eq!(good.len(), 2);
+    let error = settings
+        .ip_addresses("BAD", &[])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("BAD=\"10.0.0.2,gateway\"") && error.contains("IP addresses"),
+        "{error}"
+    );
+    assert_eq!(settings.ip_addresses("UNSET", &[]).ok(), Some(Vec::new()));
+    let shown = settings
+        .effective()
+        .into_iter()
+        .find(|s| s.name == "GOOD")
+        .map(|s| s.value);
+    assert_eq!(shown.as_deref(), Some("10.0.0.2, ::1"));
+}
