@@ -56,6 +56,10 @@ pub struct AuthServiceConfig {
     pub access_expiry: Duration,
     /// Refresh-token lifetime (`FLOTILLA_REFRESH_EXPIRY`, default 7 days).
     pub refresh_expiry: Duration,
+    /// The absolute lifetime of a refresh-token family, counted from its login
+    /// (`FLOTILLA_REFRESH_MAX_LIFETIME`, default 30 days, at least `refresh_expiry`): no rotation
+    /// reaches past it, so a session that keeps refreshing still ends.
+    pub refresh_max_lifetime: Duration,
     /// The failed-login limits (`FLOTILLA_LOGIN_MAX_FAILURES`,
     /// `FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS`, `FLOTILLA_LOGIN_WINDOW`).
     pub login_limits: LoginLimits,
@@ -78,7 +82,8 @@ impl AuthServiceConfig {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the bad variable: a malformed value, a secret under 32 bytes, a
-    /// zero lifetime or window, or no key file in Ed25519 mode.
+    /// zero lifetime or window, a refresh-family lifetime shorter than the refresh-token
+    /// lifetime, or no key file in Ed25519 mode.
     pub fn from_settings(
         settings: &Settings,
         database_variable: &str,
@@ -101,6 +106,12 @@ impl AuthServiceConfig {
                 previous_key_file: optional_path(settings, "FLOTILLA_JWT_PREVIOUS_KEY_FILE")?,
             },
         };
+        let refresh_expiry = at_least_a_second(
+            settings,
+            "FLOTILLA_REFRESH_EXPIRY",
+            Duration::from_secs(7 * 24 * 3600),
+        )?;
+        let refresh_max_lifetime = refresh_max_lifetime(settings, refresh_expiry)?;
         Ok(Self {
             database,
             signing,
@@ -112,11 +123,8 @@ impl AuthServiceConfig {
                 "JWT_ACCESS_EXPIRY",
                 Duration::from_secs(15 * 60),
             )?,
-            refresh_expiry: at_least_a_second(
-                settings,
-                "FLOTILLA_REFRESH_EXPIRY",
-                Duration::from_secs(7 * 24 * 3600),
-            )?,
+            refresh_expiry,
+            refresh_max_lifetime,
             login_limits: LoginLimits {
                 max_failures_per_account: settings.count("FLOTILLA_LOGIN_MAX_FAILURES", 5)?,
                 max_failures_per_address: settings
@@ -143,6 +151,7 @@ impl AuthServiceConfig {
             audience: self.audience.clone(),
             access_lifetime: self.access_expiry,
             refresh_lifetime: self.refresh_expiry,
+            refresh_max_lifetime: self.refresh_max_lifetime,
             leeway: self.leeway,
         }
     }
@@ -158,6 +167,7 @@ impl fmt::Debug for AuthServiceConfig {
             .field("leeway", &self.leeway)
             .field("access_expiry", &self.access_expiry)
             .field("refresh_expiry", &self.refresh_expiry)
+            .field("refresh_max_lifetime", &self.refresh_max_lifetime)
             .field("login_limits", &self.login_limits)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("user_endpoint", &redact_url_password(&self.user_endpoint))
@@ -193,6 +203,33 @@ fn trusted_proxies(settings: &Settings) -> Result<Vec<IpAddr>, ConfigError> {
             })
         })
         .collect()
+}
+
+/// The setting that caps a refresh-token family's whole life.
+pub const REFRESH_MAX_LIFETIME_SETTING: &str = "FLOTILLA_REFRESH_MAX_LIFETIME";
+/// Its default: 30 days.
+pub const DEFAULT_REFRESH_MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `FLOTILLA_REFRESH_MAX_LIFETIME`: at least `refresh_expiry`, since a shorter cap would make the
+/// refresh-token lifetime a lie for every token, the first one included.
+fn refresh_max_lifetime(
+    settings: &Settings,
+    refresh_expiry: Duration,
+) -> Result<Duration, ConfigError> {
+    let name = REFRESH_MAX_LIFETIME_SETTING;
+    let value = settings.duration(name, DEFAULT_REFRESH_MAX_LIFETIME)?;
+    if value < refresh_expiry {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            value: format!("{value:?}"),
+            origin: settings.origin(name),
+            expected: format!(
+                "a duration of at least FLOTILLA_REFRESH_EXPIRY ({refresh_expiry:?}), such as \
+                 30days"
+            ),
+        });
+    }
+    Ok(value)
 }
 
 /// A duration of at least one second (JWT times are whole seconds, and a zero lifetime or window
@@ -281,6 +318,7 @@ mod tests {
         assert_eq!(config.leeway, Duration::from_secs(30));
         assert_eq!(config.access_expiry, Duration::from_secs(900));
         assert_eq!(config.refresh_expiry, Duration::from_secs(604_800));
+        assert_eq!(config.refresh_max_lifetime, Duration::from_secs(2_592_000));
         assert_eq!(config.login_limits, LoginLimits::default());
         assert_eq!(
             config.trusted_proxies,
@@ -307,6 +345,7 @@ mod tests {
                 ("FLOTILLA_JWT_LEEWAY", "5s"),
                 ("JWT_ACCESS_EXPIRY", "5m"),
                 ("FLOTILLA_REFRESH_EXPIRY", "1day"),
+                ("FLOTILLA_REFRESH_MAX_LIFETIME", "10days"),
                 ("FLOTILLA_LOGIN_MAX_FAILURES", "3"),
                 ("FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS", "7"),
                 ("FLOTILLA_LOGIN_WINDOW", "1h"),
@@ -334,6 +373,7 @@ mod tests {
         assert_eq!(rules.leeway, Duration::from_secs(5));
         assert_eq!(rules.access_lifetime, Duration::from_secs(300));
         assert_eq!(rules.refresh_lifetime, Duration::from_secs(86_400));
+        assert_eq!(rules.refresh_max_lifetime, Duration::from_secs(864_000));
         assert_eq!(
             config.login_limits,
             LoginLimits {
@@ -391,6 +431,7 @@ mod tests {
             ("JWT_ACCESS_EXPIRY", "0s"),
             ("JWT_ACCESS_EXPIRY", "900"),
             ("FLOTILLA_REFRESH_EXPIRY", "soon"),
+            ("FLOTILLA_REFRESH_MAX_LIFETIME", "forever"),
             ("FLOTILLA_LOGIN_WINDOW", "0ms"),
             ("FLOTILLA_LOGIN_MAX_FAILURES", "0"),
             ("FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS", "-1"),
@@ -402,6 +443,32 @@ mod tests {
             let error = message(parse(&[(name, value)]));
             assert!(error.contains(name), "{name}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn the_refresh_family_lifetime_is_at_least_the_refresh_lifetime() -> TestResult {
+        let shorter = message(parse(&[
+            ("FLOTILLA_REFRESH_EXPIRY", "7days"),
+            ("FLOTILLA_REFRESH_MAX_LIFETIME", "6days"),
+        ]));
+        assert!(
+            shorter.contains("FLOTILLA_REFRESH_MAX_LIFETIME")
+                && shorter.contains("at least FLOTILLA_REFRESH_EXPIRY"),
+            "{shorter}"
+        );
+        // Below the default refresh lifetime too, when only the cap is set.
+        let below_default = message(parse(&[("FLOTILLA_REFRESH_MAX_LIFETIME", "1day")]));
+        assert!(
+            below_default.contains("FLOTILLA_REFRESH_MAX_LIFETIME"),
+            "{below_default}"
+        );
+        // Equal is allowed: then no rotation ever extends a session.
+        let equal = parse(&[
+            ("FLOTILLA_REFRESH_EXPIRY", "2days"),
+            ("FLOTILLA_REFRESH_MAX_LIFETIME", "2days"),
+        ])?;
+        assert_eq!(equal.refresh_max_lifetime, equal.refresh_expiry);
+        Ok(())
     }
 
     #[test]

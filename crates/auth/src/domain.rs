@@ -139,6 +139,9 @@ pub struct TokenRules {
     pub access_lifetime: Duration,
     /// How long a refresh token lives, counted from when it is issued.
     pub refresh_lifetime: Duration,
+    /// How long a refresh-token family lives in all, counted from its login: no token of the
+    /// family outlives it, however often the family rotates.
+    pub refresh_max_lifetime: Duration,
     /// Clock skew tolerated when checking expiry.
     pub leeway: Duration,
 }
@@ -172,9 +175,17 @@ impl TokenRules {
         }
     }
 
-    /// When a refresh token issued at `now_us` expires, in microseconds.
-    pub fn refresh_expires_at(&self, now_us: i64) -> i64 {
-        now_us.saturating_add(crate::clock::micros(self.refresh_lifetime))
+    /// When a family started at `family_created_at_us` ends for good, in microseconds.
+    pub fn family_ends_at(&self, family_created_at_us: i64) -> i64 {
+        family_created_at_us.saturating_add(crate::clock::micros(self.refresh_max_lifetime))
+    }
+
+    /// When a refresh token issued at `now_us` in a family started at `family_created_at_us`
+    /// expires, in microseconds: its own lifetime later, but never after the family's end.
+    pub fn refresh_expires_at(&self, now_us: i64, family_created_at_us: i64) -> i64 {
+        now_us
+            .saturating_add(crate::clock::micros(self.refresh_lifetime))
+            .min(self.family_ends_at(family_created_at_us))
     }
 
     /// Access-token lifetime in whole seconds, as `access_expires_in` says it.
@@ -182,9 +193,11 @@ impl TokenRules {
         i64::try_from(self.access_lifetime.as_secs()).unwrap_or(i64::MAX)
     }
 
-    /// Refresh-token lifetime in whole seconds, as `refresh_expires_in` says it.
-    pub fn refresh_expires_in(&self) -> i64 {
-        i64::try_from(self.refresh_lifetime.as_secs()).unwrap_or(i64::MAX)
+    /// What `refresh_expires_in` says of a refresh token issued at `now_us` that expires at
+    /// `expires_at_us`: the whole seconds left, rounded down so that a client never presents it
+    /// late, and never negative.
+    pub fn refresh_expires_in(expires_at_us: i64, now_us: i64) -> i64 {
+        expires_at_us.saturating_sub(now_us).max(0) / 1_000_000
     }
 }
 
@@ -274,6 +287,8 @@ pub struct StoredRefresh {
     pub roles: Vec<String>,
     /// When this token expires, in microseconds.
     pub expires_at_us: i64,
+    /// When the family started (its login), in microseconds: what its absolute end counts from.
+    pub family_created_at_us: i64,
     /// Whether this token was already exchanged.
     pub used: bool,
     /// Whether the family was ended (logout or reuse).

@@ -6,10 +6,12 @@
 //! - **Login**: shape of the request → failed-login limits (before any work, so a blocked client
 //!   costs no password hash) → `AuthenticateUser` with a service token → a new family with its
 //!   first refresh token and the access token's id, in one transaction.
-//! - **Refresh**: shape of the token → lookup by hash → judged ([`RefreshVerdict`]) → the
-//!   conditional update that marks it used and stores its successors. A token presented twice, or
-//!   an exchange that loses the race for the update, ends the whole family (RFC 6819, section
-//!   5.2.2.3; OAuth 2.0 Security BCP, section 4.14.2), since it means two parties hold the token.
+//! - **Refresh**: shape of the token → lookup by hash → judged ([`RefreshVerdict`]; every token of
+//!   a family past its absolute end, `FLOTILLA_REFRESH_MAX_LIFETIME` after its login, is expired)
+//!   → the conditional update that marks it used and stores its successors, whose expiry never
+//!   passes the family's end. A token presented twice, or an exchange that loses the race for the
+//!   update, ends the whole family (RFC 6819, section 5.2.2.3; OAuth 2.0 Security BCP, section
+//!   4.14.2), since it means two parties hold the token.
 //! - **Revoke**: ends the token's family, and answers the same whether or not there was one.
 //! - **ValidateToken**: the shared verifier's checks, then the family of the token's id.
 //! - **GetJwks**: the public keys in use.
@@ -32,7 +34,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::{Clock, micros};
 use crate::domain::{
     AccessTokenStatus, Credentials, RefreshToken, RefreshVerdict, StoredRefresh, TOKEN_TYPE,
-    TokenHash, client_key, new_id,
+    TokenHash, TokenRules, client_key, new_id,
 };
 use crate::error::AuthServiceError;
 use crate::limiter::LoginLimiter;
@@ -152,7 +154,7 @@ impl AuthApi {
             roles: roles.to_vec(),
             created_at_us: now,
         };
-        let next = self.next_pair(subject, roles, now)?;
+        let next = self.next_pair(subject, roles, now, family.created_at_us)?;
         self.inner
             .store
             .start_family(&family, &next.refresh_row, &next.access_row)
@@ -169,14 +171,32 @@ impl AuthApi {
             .find_refresh(&hash)
             .await?
             .ok_or(AuthServiceError::InvalidRefreshToken)?;
-        match stored.verdict(now) {
+        // Past the family's absolute end, every token of it is expired, whatever its own expiry
+        // says (one issued under a longer `FLOTILLA_REFRESH_MAX_LIFETIME`, say).
+        let family_ended = now
+            >= self
+                .inner
+                .tokens
+                .rules()
+                .family_ends_at(stored.family_created_at_us);
+        let verdict = if family_ended {
+            RefreshVerdict::Reject
+        } else {
+            stored.verdict(now)
+        };
+        match verdict {
             RefreshVerdict::Reject => Err(AuthServiceError::InvalidRefreshToken),
             RefreshVerdict::Reuse => {
                 self.end_reused_family(&stored, now).await?;
                 Err(AuthServiceError::InvalidRefreshToken)
             }
             RefreshVerdict::Rotate => {
-                let next = self.next_pair(&stored.subject, &stored.roles, now)?;
+                let next = self.next_pair(
+                    &stored.subject,
+                    &stored.roles,
+                    now,
+                    stored.family_created_at_us,
+                )?;
                 if store
                     .rotate(
                         &hash,
@@ -259,19 +279,25 @@ impl AuthApi {
     }
 
     /// Signs the next access token and makes the next refresh token for `subject`, with the rows
-    /// the store keeps for them.
+    /// the store keeps for them. The refresh token expires no later than the end of the family
+    /// started at `family_created_at_us`.
     fn next_pair(
         &self,
         subject: &str,
         roles: &[String],
         now: i64,
+        family_created_at_us: i64,
     ) -> Result<NextPair, AuthServiceError> {
         let access = self.inner.tokens.sign_access(subject, roles, now)?;
         let refresh = RefreshToken::generate()?;
         let refresh_row = NewRefresh {
             hash: refresh.hash(),
             issued_at_us: now,
-            expires_at_us: self.inner.tokens.rules().refresh_expires_at(now),
+            expires_at_us: self
+                .inner
+                .tokens
+                .rules()
+                .refresh_expires_at(now, family_created_at_us),
         };
         let access_row = NewAccess {
             jti: access.claims.jti.clone(),
@@ -294,7 +320,10 @@ impl AuthApi {
             refresh_token: next.refresh.expose().to_owned(),
             token_type: TOKEN_TYPE.to_owned(),
             access_expires_in: rules.access_expires_in(),
-            refresh_expires_in: rules.refresh_expires_in(),
+            refresh_expires_in: TokenRules::refresh_expires_in(
+                next.refresh_row.expires_at_us,
+                next.refresh_row.issued_at_us,
+            ),
         }
     }
 

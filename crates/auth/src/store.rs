@@ -139,7 +139,7 @@ impl AuthStore {
     ) -> Result<Option<StoredRefresh>, AuthServiceError> {
         let row = sqlx::query(
             "SELECT t.family_id, t.expires_at_us, t.used_at_us, f.subject, f.roles, \
-             f.revoked_at_us FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
+             f.created_at_us, f.revoked_at_us FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id \
              WHERE t.hash = $1",
         )
         .bind(hash.as_str())
@@ -164,6 +164,9 @@ impl AuthStore {
             roles,
             expires_at_us: row
                 .try_get("expires_at_us")
+                .map_err(AuthServiceError::from_database)?,
+            family_created_at_us: row
+                .try_get("created_at_us")
                 .map_err(AuthServiceError::from_database)?,
             used: row
                 .try_get::<Option<i64>, _>("used_at_us")

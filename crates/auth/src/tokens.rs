@@ -157,6 +157,7 @@ mod tests {
             audience: "flotilla".into(),
             access_lifetime: Duration::from_secs(15 * 60),
             refresh_lifetime: Duration::from_secs(7 * 24 * 3600),
+            refresh_max_lifetime: Duration::from_secs(30 * 24 * 3600),
             leeway: Duration::from_secs(30),
         }
     }

@@ -12,6 +12,7 @@ fn rules() -> TokenRules {
         audience: "flotilla".into(),
         access_lifetime: Duration::from_secs(900),
         refresh_lifetime: Duration::from_secs(7 * 24 * 3600),
+        refresh_max_lifetime: Duration::from_secs(30 * 24 * 3600),
         leeway: Duration::from_secs(30),
     }
 }
@@ -143,11 +144,51 @@ fn service_claims_name_the_auth_service() {
 #[test]
 fn lifetimes_are_reported_in_seconds() {
     assert_eq!(rules().access_expires_in(), 900);
-    assert_eq!(rules().refresh_expires_in(), 604_800);
+    assert_eq!(TokenRules::refresh_expires_in(604_800_000_000, 0), 604_800);
     assert_eq!(
-        rules().refresh_expires_at(1_000_000),
+        TokenRules::refresh_expires_in(1_000_000 + 1_999_999, 1_000_000),
+        1,
+        "rounded down"
+    );
+    assert_eq!(TokenRules::refresh_expires_in(5, 10), 0, "never negative");
+    assert_eq!(
+        rules().refresh_expires_at(1_000_000, 1_000_000),
         1_000_000 + 604_800_000_000
     );
+}
+
+#[test]
+fn a_refresh_token_never_outlives_its_family() {
+    const DAY_US: i64 = 24 * 3600 * 1_000_000;
+    let rules = rules();
+    let login = 1_700_000_000_000_000;
+    assert_eq!(rules.family_ends_at(login), login + 30 * DAY_US);
+    // Early on, the token's own lifetime is the shorter.
+    assert_eq!(rules.refresh_expires_at(login, login), login + 7 * DAY_US);
+    assert_eq!(
+        rules.refresh_expires_at(login + 23 * DAY_US, login),
+        login + 30 * DAY_US,
+        "exactly at the boundary both agree"
+    );
+    // Later, the family's end caps it: 29 days in, one day is left.
+    let late = login + 29 * DAY_US;
+    let capped = rules.refresh_expires_at(late, login);
+    assert_eq!(capped, login + 30 * DAY_US);
+    assert_eq!(TokenRules::refresh_expires_in(capped, late), 24 * 3600);
+    // Issued at or past the end, a token is born expired.
+    let after = login + 31 * DAY_US;
+    assert_eq!(rules.refresh_expires_at(after, login), login + 30 * DAY_US);
+    assert_eq!(
+        TokenRules::refresh_expires_in(rules.refresh_expires_at(after, login), after),
+        0
+    );
+    // Huge settings saturate instead of overflowing.
+    let endless = TokenRules {
+        refresh_lifetime: Duration::MAX,
+        refresh_max_lifetime: Duration::MAX,
+        ..rules
+    };
+    assert_eq!(endless.refresh_expires_at(login, login), i64::MAX);
 }
 
 #[test]
@@ -202,6 +243,7 @@ fn refresh_verdicts() {
         subject: "u".into(),
         roles: vec![],
         expires_at_us: 100,
+        family_created_at_us: 0,
         used: false,
         family_revoked: false,
     };

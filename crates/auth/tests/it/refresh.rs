@@ -113,6 +113,72 @@ async fn unknown_and_expired_refresh_tokens_are_refused_alike(db: &TestDb) -> Te
     Ok(())
 }
 
+both!(a_family_ends_at_its_maximum_lifetime, crate::open);
+async fn a_family_ends_at_its_maximum_lifetime(db: &TestDb) -> TestResult {
+    const DAY: u64 = 24 * 3600;
+    // The defaults: refresh tokens live 7 days, a family at most 30 days from its login.
+    let harness = Harness::start(db, Mode::Ed25519).await?;
+    let mut pair = harness.login(EMAIL, PASSWORD).await?;
+    assert_eq!(pair.refresh_expires_in, 604_800);
+
+    // Refreshing keeps the session alive, each time for a full 7 days while the family's end
+    // (day 30) is further away than that, and then for what is left until day 30.
+    let steps: [(u64, u64, &str); 7] = [
+        (6 * DAY, 7 * DAY, "day 6"),
+        (6 * DAY, 7 * DAY, "day 12"),
+        (6 * DAY, 7 * DAY, "day 18"),
+        (5 * DAY, 7 * DAY, "day 23: the cap and the lifetime agree"),
+        (DAY, 6 * DAY, "day 24"),
+        (5 * DAY, DAY, "day 29"),
+        (DAY - 1, 1, "a second before the end"),
+    ];
+    for (wait, expires_in, when) in steps {
+        harness.clock.advance(Duration::from_secs(wait));
+        pair = harness.refresh(&pair.refresh_token).await?;
+        assert_eq!(
+            pair.refresh_expires_in,
+            i64::try_from(expires_in)?,
+            "{when}"
+        );
+    }
+    // The access token of that last exchange is as good as any.
+    harness.validate(&pair.access_token).await?;
+
+    // At the family's end its newest token is refused like any expired one.
+    harness.clock.advance(Duration::from_secs(1));
+    assert!(invalid(harness.refresh(&pair.refresh_token).await));
+    assert!(invalid(harness.refresh(&pair.refresh_token).await));
+
+    // A new login starts a new family with the full lifetime again.
+    let fresh = harness.login(EMAIL, PASSWORD).await?;
+    assert_eq!(fresh.refresh_expires_in, 604_800);
+    harness.refresh(&fresh.refresh_token).await?;
+    harness.finish().await;
+    Ok(())
+}
+
+both!(a_token_past_its_family_end_is_refused, crate::open);
+async fn a_token_past_its_family_end_is_refused(db: &TestDb) -> TestResult {
+    // A shorter cap than the one a token was issued under still ends the family: restart the
+    // service on the same database with a cap of one day, a day and a second after login.
+    let before = Harness::start(db, Mode::Ed25519).await?;
+    let pair = before.login(EMAIL, PASSWORD).await?;
+    before.finish().await;
+    let after = Harness::start_with(
+        db,
+        Mode::Ed25519,
+        &[
+            ("FLOTILLA_REFRESH_EXPIRY", "1day"),
+            ("FLOTILLA_REFRESH_MAX_LIFETIME", "1day"),
+        ],
+    )
+    .await?;
+    after.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    assert!(invalid(after.refresh(&pair.refresh_token).await));
+    after.finish().await;
+    Ok(())
+}
+
 both!(two_exchanges_of_one_token_cannot_both_win, crate::open);
 async fn two_exchanges_of_one_token_cannot_both_win(db: &TestDb) -> TestResult {
     let harness = Harness::start(db, Mode::Ed25519).await?;
