@@ -199,7 +199,12 @@ impl Settings {
     {
         match self.raw(name) {
             None => {
-                self.record(name, &default.shown().to_string(), Origin::Default);
+                let shown = default.shown().to_string();
+                if shown.is_empty() {
+                    self.lookups_insert(name, "(not set)", Origin::Default);
+                } else {
+                    self.record(name, &shown, Origin::Default);
+                }
                 Ok(default)
             }
             Some((value, origin)) => {
