@@ -188,6 +188,16 @@ impl Database {
         })
     }
 
+    /// Connects as `config` says and applies `migrator`: how every service opens its store.
+    ///
+    /// # Errors
+    /// [`DatabaseError`] when the database cannot be reached or migrated.
+    pub async fn open(config: &DatabaseConfig, migrator: &Migrator) -> Result<Self, DatabaseError> {
+        let database = Self::connect(&config.url, config.max_connections).await?;
+        database.migrate(migrator).await?;
+        Ok(database)
+    }
+
     /// Applies a service's migrations. They are written in the SQL that SQLite and PostgreSQL share;
     /// a service that ever needs dialect-specific DDL keeps one migrator per [`Dialect`].
     ///

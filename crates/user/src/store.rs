@@ -48,14 +48,14 @@ pub struct UserStore {
 }
 
 impl UserStore {
-    /// Connects to `url` and applies the migrations.
+    /// Connects as `config` says and applies the migrations.
     ///
     /// # Errors
     /// A [`DatabaseError`] when the database cannot be reached or migrated.
     pub async fn open(config: &DatabaseConfig) -> Result<Self, DatabaseError> {
-        let database = Database::connect(&config.url, config.max_connections).await?;
-        database.migrate(&MIGRATOR).await?;
-        Ok(Self { database })
+        Ok(Self {
+            database: Database::open(config, &MIGRATOR).await?,
+        })
     }
 
     /// The underlying database, for readiness checks and shutdown.
