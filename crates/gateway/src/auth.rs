@@ -5,7 +5,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use platform::auth::{AuthError, Claims, ROLE_ADMIN, bearer_token};
+use platform::auth::{Access, AuthError, Claims, bearer_token};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -60,10 +60,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let bearer = Bearer::from_request_parts(parts, state).await?;
-        if bearer.claims.is_admin() {
-            Ok(Self(bearer))
-        } else {
-            Err(AuthError::Forbidden(ROLE_ADMIN).into())
-        }
+        Access::ADMIN.check(Some(&bearer.claims))?;
+        Ok(Self(bearer))
     }
 }

@@ -1,12 +1,11 @@
 //! The `flotilla.user.v1.UserService` implementation: proto in, domain calls, proto out; plus the
 //! service's access [`policy`].
 //!
-//! Who may call what is decided twice, on purpose. `platform::auth::AuthLayer` enforces
-//! [`policy`] before a request reaches a handler, and puts the verified [`Claims`] in the request
-//! extensions. Each handler that is not public then checks its own rule again against those
-//! claims (the same constants build the policy), so a binary that forgot the layer fails closed
-//! rather than letting anyone check passwords or list accounts. GetUser's rule depends on the
-//! data ("your own account, or any for an administrator") and can only be checked here.
+//! Who may call what is decided once, by `platform::auth::AuthLayer` enforcing [`policy`] before a
+//! request reaches a handler (the binary serves the service only through
+//! `GrpcServer::add_authorized_service`); the layer puts the verified [`Claims`] in the request
+//! extensions. Only GetUser's rule depends on the data ("your own account, or any for an
+//! administrator"), so only it is checked here.
 
 use platform::auth::{Access, AuthError, Claims, Policy, ROLE_SERVICE};
 use platform::pagination::{self, PageError};
@@ -22,30 +21,25 @@ use crate::error::UserError;
 use crate::password::Hasher;
 use crate::store::UserStore;
 
-/// Signing up is open to anyone.
-const CREATE_USER: Access = Access::Public;
-/// Only Flotilla's auth service, with a service token, may check passwords: a password oracle
-/// open to all would bypass the auth service's rate limits.
-const AUTHENTICATE_USER: Access = Access::Role(ROLE_SERVICE);
-/// Any signed-in caller; the handler then allows their own account, or any for an administrator.
-const GET_USER: Access = Access::Authenticated;
-/// Administrators only.
-const LIST_USERS: Access = Access::ADMIN;
-/// Load balancers and probes call it without a token.
-const HEALTH_CHECK: Access = Access::Public;
-
 /// The filters that page tokens are bound to: listing has none.
 const LIST_FILTERS: &str = "users:all";
 
-/// Who may call each method of `UserService`. The binary wraps the service in
-/// `platform::auth::AuthLayer` with this policy; a method missing from it is refused.
+/// Who may call each method of `UserService`, enforced once by `platform::auth::AuthLayer`
+/// (`GrpcServer::add_authorized_service`); a method missing from it is refused.
+///
+/// - signing up is open to anyone, and so is the health check (probes call it without a token);
+/// - only Flotilla's auth service, with its service token, may check passwords: a password oracle
+///   open to all would bypass the auth service's login limits;
+/// - any signed-in caller may ask for an account; the handler then allows their own, or any for an
+///   administrator (a rule on the data, which the layer cannot know);
+/// - listing accounts is for administrators.
 pub fn policy() -> Policy {
     Policy::new()
-        .method("CreateUser", CREATE_USER)
-        .method("AuthenticateUser", AUTHENTICATE_USER)
-        .method("GetUser", GET_USER)
-        .method("ListUsers", LIST_USERS)
-        .method("HealthCheck", HEALTH_CHECK)
+        .method("CreateUser", Access::Public)
+        .method("AuthenticateUser", Access::Role(ROLE_SERVICE))
+        .method("GetUser", Access::Authenticated)
+        .method("ListUsers", Access::ADMIN)
+        .method("HealthCheck", Access::Public)
 }
 
 /// The user service, over its store and password hasher.
@@ -207,30 +201,12 @@ impl UserApi {
     }
 }
 
-/// The verified claims of `request`, checked against `access` again (see the module doc).
-///
-/// # Errors
-/// [`AuthError::Missing`] without claims when `access` needs some; [`AuthError::Forbidden`] when
-/// they lack the role.
-fn claims_for<T>(request: &Request<T>, access: Access) -> Result<Option<Claims>, UserError> {
-    let claims = request.extensions().get::<Claims>();
-    if access.allows(claims) {
-        return Ok(claims.cloned());
-    }
-    Err(match (access, claims) {
-        (Access::Role(role), Some(_)) => AuthError::Forbidden(role),
-        _ => AuthError::Missing,
-    }
-    .into())
-}
-
 #[tonic::async_trait]
 impl pb::user_service_server::UserService for UserApi {
     async fn create_user(
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        claims_for(&request, CREATE_USER)?;
         Ok(Response::new(self.create(request.into_inner()).await?))
     }
 
@@ -238,7 +214,6 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::AuthenticateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        claims_for(&request, AUTHENTICATE_USER)?;
         Ok(Response::new(
             self.authenticate(request.into_inner()).await?,
         ))
@@ -248,7 +223,13 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let claims = claims_for(&request, GET_USER)?.ok_or(UserError::Auth(AuthError::Missing))?;
+        // The layer let only signed-in callers through; which account they may read depends on
+        // the claims.
+        let claims = request
+            .extensions()
+            .get::<Claims>()
+            .cloned()
+            .ok_or(UserError::Auth(AuthError::Missing))?;
         let user = self.get(&claims, request.into_inner()).await?;
         Ok(Response::new(to_proto(&user)))
     }
@@ -257,15 +238,13 @@ impl pb::user_service_server::UserService for UserApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        claims_for(&request, LIST_USERS)?;
         Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
     async fn health_check(
         &self,
-        request: Request<()>,
+        _request: Request<()>,
     ) -> Result<Response<pb::HealthCheckResponse>, Status> {
-        claims_for(&request, HEALTH_CHECK)?;
         Ok(Response::new(self.health().await))
     }
 }

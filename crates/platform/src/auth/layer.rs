@@ -47,10 +47,8 @@ pub(crate) async fn authorize(
     }
     let token = bearer_token(headers)?.ok_or(AuthError::Missing)?;
     let claims = verifier.verify(token).await?;
-    match access {
-        Access::Role(role) if !claims.has_role(role) => Err(AuthError::Forbidden(role)),
-        _ => Ok(Some(claims)),
-    }
+    access.check(Some(&claims))?;
+    Ok(Some(claims))
 }
 
 /// Wraps a tonic service in [`Authorized`].

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::claims::{Claims, ROLE_ADMIN};
+use super::verifier::AuthError;
 
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +21,20 @@ impl Access {
     /// Administrators only.
     pub const ADMIN: Access = Access::Role(ROLE_ADMIN);
 
-    /// Whether `claims` satisfy this rule (a public rule needs no claims).
-    pub fn allows(self, claims: Option<&Claims>) -> bool {
-        match self {
-            Access::Public => true,
-            Access::Authenticated => claims.is_some(),
-            Access::Role(role) => claims.is_some_and(|claims| claims.has_role(role)),
+    /// Whether a caller with `claims` (verified; `None` for no token) may call under this rule: the
+    /// one decision the layer, the gateway's extractors and tests share.
+    ///
+    /// # Errors
+    /// [`AuthError::Missing`] when the rule needs a token and there is none,
+    /// [`AuthError::Forbidden`] when the claims lack the rule's role.
+    pub fn check(self, claims: Option<&Claims>) -> Result<(), AuthError> {
+        match (self, claims) {
+            (Access::Public, _) => Ok(()),
+            (_, None) => Err(AuthError::Missing),
+            (Access::Role(role), Some(claims)) if !claims.has_role(role) => {
+                Err(AuthError::Forbidden(role))
+            }
+            (_, Some(_)) => Ok(()),
         }
     }
 }

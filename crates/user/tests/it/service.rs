@@ -1,6 +1,7 @@
 //! The gRPC service driven through its trait, without a socket: codes and messages a client sees.
-//! Claims are put in the request extensions by hand, as `AuthLayer` would after verifying a token,
-//! to act as a user, another user, an administrator or Flotilla's auth service.
+//! Each call first passes the service's policy, as `AuthLayer` applies it, and then carries its
+//! claims in the request extensions, as the layer puts them after verifying a token, to act as a
+//! user, another user, an administrator or Flotilla's auth service.
 
 use platform::auth::{Claims, ROLE_ADMIN, ROLE_SERVICE, ROLE_USER};
 use platform::database::Dialect;
@@ -17,13 +18,18 @@ use crate::claims;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// A request carrying `claims`, or none (an anonymous caller).
-fn request<T>(message: T, claims: Option<&Claims>) -> Request<T> {
+/// A request to `method` carrying `claims`, or none (an anonymous caller), once the service's
+/// policy admits it, exactly as `AuthLayer` decides after verifying the caller's token.
+fn request<T>(method: &str, message: T, claims: Option<&Claims>) -> Result<Request<T>, Status> {
+    let access = user::policy()
+        .access(method)
+        .ok_or_else(|| Status::permission_denied(format!("no access rule for method {method}")))?;
+    access.check(claims)?;
     let mut request = Request::new(message);
     if let Some(claims) = claims {
         request.extensions_mut().insert(claims.clone());
     }
-    request
+    Ok(request)
 }
 
 fn service() -> Claims {
@@ -45,13 +51,14 @@ async fn create(
     name: &str,
 ) -> Result<pb::User, Status> {
     api.create_user(request(
+        "CreateUser",
         pb::CreateUserRequest {
             email: email.into(),
             password: password.into(),
             name: name.into(),
         },
         None,
-    ))
+    )?)
     .await
     .map(tonic::Response::into_inner)
 }
@@ -63,20 +70,25 @@ async fn authenticate(
     claims: Option<&Claims>,
 ) -> Result<pb::User, Status> {
     api.authenticate_user(request(
+        "AuthenticateUser",
         pb::AuthenticateUserRequest {
             email: email.into(),
             password: password.into(),
         },
         claims,
-    ))
+    )?)
     .await
     .map(tonic::Response::into_inner)
 }
 
 async fn get(api: &UserApi, id: &str, claims: Option<&Claims>) -> Result<pb::User, Status> {
-    api.get_user(request(pb::GetUserRequest { id: id.into() }, claims))
-        .await
-        .map(tonic::Response::into_inner)
+    api.get_user(request(
+        "GetUser",
+        pb::GetUserRequest { id: id.into() },
+        claims,
+    )?)
+    .await
+    .map(tonic::Response::into_inner)
 }
 
 async fn list(
@@ -86,12 +98,13 @@ async fn list(
     claims: Option<&Claims>,
 ) -> Result<pb::ListUsersResponse, Status> {
     api.list_users(request(
+        "ListUsers",
         pb::ListUsersRequest {
             page_size,
             page_token: page_token.into(),
         },
         claims,
-    ))
+    )?)
     .await
     .map(tonic::Response::into_inner)
 }
@@ -329,13 +342,19 @@ both!(health_follows_the_database, crate::open, crate::close);
 async fn health_follows_the_database(store: UserStore) -> TestResult {
     let api = crate::api(store.clone()).await?;
     let before = platform::time::now_micros() / 1_000_000;
-    let healthy = api.health_check(Request::new(())).await?.into_inner();
+    let healthy = api
+        .health_check(request("HealthCheck", (), None)?)
+        .await?
+        .into_inner();
     assert_eq!(healthy.status(), Health::Serving);
     let seconds = healthy.timestamp.map(|t| t.seconds).unwrap_or_default();
     assert!(seconds >= before, "{seconds} < {before}");
 
     store.database().close().await;
-    let closed = api.health_check(Request::new(())).await?.into_inner();
+    let closed = api
+        .health_check(request("HealthCheck", (), None)?)
+        .await?
+        .into_inner();
     assert_eq!(closed.status(), Health::NotServing);
     assert!(closed.timestamp.is_some());
     Ok(())
