@@ -10,8 +10,8 @@ use auth::config::SigningConfig;
 use futures::future::select_all;
 use platform::auth::{KeySource, Verifier};
 use platform::database::Database;
-use platform::serve::{GrpcServer, Listeners, ServeConfig};
-use platform::shutdown::{Running, Signals};
+use platform::serve::{GrpcServer, ServeConfig};
+use platform::shutdown::{Listeners, Running, Signals};
 use serde_json::json;
 
 use crate::settings::{Mode, SystemConfig};
@@ -173,7 +173,9 @@ async fn start(
 /// Binds a service's listeners, when this run has the service.
 async fn bind(name: &str, serve: Option<&ServeConfig>) -> anyhow::Result<Option<Listeners>> {
     match serve {
-        Some(serve) => Ok(Some(Listeners::bind(name, serve).await?)),
+        Some(serve) => Ok(Some(
+            Listeners::bind(name, serve.grpc_addr, serve.admin_addr).await?,
+        )),
         None => Ok(None),
     }
 }

@@ -21,9 +21,7 @@ use axum::routing::get;
 pub use config::GatewayConfig;
 use platform::admin;
 use platform::auth::Verifier;
-use platform::shutdown::{
-    self, BoundAddrs, CancellationToken, ComponentError, Running, Supervisor,
-};
+use platform::shutdown::{ComponentError, Listeners, Running, Supervisor};
 pub use state::{AppState, Upstreams};
 use tonic::transport::{Channel, Endpoint};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -111,32 +109,19 @@ pub async fn spawn(config: GatewayConfig) -> Result<Running, ComponentError> {
     // Connection info gives handlers the client's address (failed logins are limited per address).
     let app = router(state, config.body_limit).into_make_service_with_connect_info::<SocketAddr>();
 
-    let http_listener = shutdown::bind("gateway HTTP", config.http_addr).await?;
-    let admin_listener = shutdown::bind("gateway admin", config.admin_addr).await?;
-    let addrs = BoundAddrs {
-        main: shutdown::local_addr(&http_listener, config.http_addr),
-        admin: shutdown::local_addr(&admin_listener, config.admin_addr),
-    };
-
-    let stop = CancellationToken::new();
-    let http_stop = CancellationToken::new();
-    let admin_stop = CancellationToken::new();
-    let http = axum::serve(http_listener, app)
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-        .into_future();
-    let admin = axum::serve(admin_listener, admin::router(readiness.clone()))
-        .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
-        .into_future();
-    let supervisor = Supervisor {
-        name: "gateway",
-        stop: stop.clone(),
-        drain_timeout: config.drain_timeout,
-        main: tokio::spawn(http),
-        main_stop: http_stop,
-        admin: tokio::spawn(admin),
-        admin_stop,
-    };
+    let listeners = Listeners::bind("gateway", config.http_addr, config.admin_addr).await?;
+    let addrs = listeners.addrs();
+    let supervisor = Supervisor::start(
+        "gateway",
+        listeners,
+        readiness.clone(),
+        config.drain_timeout,
+        |listener, closed| {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(closed)
+                .into_future()
+        },
+    );
     tracing::info!(component = "gateway", http = %addrs.main, admin = %addrs.admin, "serving");
-    let lifecycle = supervisor.run(async move { readiness.start_draining() });
-    Ok(Running::spawn("gateway", addrs, stop, lifecycle))
+    Ok(supervisor.into_running(async move { readiness.start_draining() }))
 }

@@ -27,7 +27,7 @@ use tonic_health::ServingStatus;
 use crate::admin::{self, Readiness};
 use crate::auth::{AuthLayer, Policy, Verifier};
 use crate::config::{ConfigError, Settings};
-use crate::shutdown::{self, BoundAddrs, CancellationToken, ComponentError, Running, Supervisor};
+use crate::shutdown::{ComponentError, Listeners, Running, Supervisor};
 
 /// The drain timeout's variable and default (10 s).
 pub const DRAIN_TIMEOUT_VAR: &str = "FLOTILLA_DRAIN_TIMEOUT";
@@ -170,7 +170,8 @@ impl GrpcServer {
     /// [`ComponentError::Bind`] when a listener cannot be bound; [`ComponentError::Serve`] when the
     /// reflection descriptors cannot be loaded.
     pub async fn spawn(self) -> Result<Running, ComponentError> {
-        let listeners = Listeners::bind(self.name, &self.config).await?;
+        let listeners =
+            Listeners::bind(self.name, self.config.grpc_addr, self.config.admin_addr).await?;
         self.spawn_on(listeners).await
     }
 
@@ -181,8 +182,7 @@ impl GrpcServer {
     /// [`ComponentError::Serve`] when the reflection descriptors cannot be loaded.
     pub async fn spawn_on(self, listeners: Listeners) -> Result<Running, ComponentError> {
         let name = self.name;
-        let addrs = listeners.addrs;
-        let (grpc_listener, admin_listener) = (listeners.grpc, listeners.admin);
+        let addrs = listeners.addrs();
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let serve_error = |reason: String| ComponentError::Serve {
@@ -208,69 +208,30 @@ impl GrpcServer {
         )
         .await;
 
-        let stop = CancellationToken::new();
-        let grpc_stop = CancellationToken::new();
-        let admin_stop = CancellationToken::new();
-        let grpc = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
-                grpc_stop.clone().cancelled_owned(),
-            );
-        let admin = axum::serve(admin_listener, admin::router(self.readiness.clone()))
-            .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
-        let supervisor = Supervisor {
+        let supervisor = Supervisor::start(
             name,
-            stop: stop.clone(),
-            drain_timeout: self.config.drain_timeout,
-            main: tokio::spawn(grpc),
-            main_stop: grpc_stop,
-            admin: tokio::spawn(admin.into_future()),
-            admin_stop,
-        };
+            listeners,
+            self.readiness.clone(),
+            self.config.drain_timeout,
+            |listener, closed| {
+                tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), closed)
+            },
+        );
         tracing::info!(component = name, grpc = %addrs.main, admin = %addrs.admin, "serving");
 
         let readiness = self.readiness;
         let service_names = self.service_names;
         let before_drain = self.before_drain;
-        let lifecycle = supervisor.run(async move {
+        Ok(supervisor.into_running(async move {
             for hook in before_drain {
                 hook().await;
             }
             readiness.start_draining();
             set_health(&health_reporter, &service_names, ServingStatus::NotServing).await;
             end_health_watches(health_reporter, &service_names).await;
-        });
-        Ok(Running::spawn(name, addrs, stop, lifecycle))
-    }
-}
-
-/// A service's two listeners, bound, with their addresses (port 0 resolved).
-#[derive(Debug)]
-pub struct Listeners {
-    grpc: tokio::net::TcpListener,
-    admin: tokio::net::TcpListener,
-    addrs: BoundAddrs,
-}
-
-impl Listeners {
-    /// Binds the gRPC and admin listeners of `config`.
-    ///
-    /// # Errors
-    /// [`ComponentError::Bind`] naming the listener and address.
-    pub async fn bind(name: &str, config: &ServeConfig) -> Result<Self, ComponentError> {
-        let grpc = shutdown::bind(&format!("{name} gRPC"), config.grpc_addr).await?;
-        let admin = shutdown::bind(&format!("{name} admin"), config.admin_addr).await?;
-        let addrs = BoundAddrs {
-            main: shutdown::local_addr(&grpc, config.grpc_addr),
-            admin: shutdown::local_addr(&admin, config.admin_addr),
-        };
-        Ok(Self { grpc, admin, addrs })
-    }
-
-    /// Where they listen.
-    pub fn addrs(&self) -> BoundAddrs {
-        self.addrs
+        }))
     }
 }
 

@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::admin::{self, Readiness};
 pub use tokio_util::sync::CancellationToken;
 
 /// The stop signals orchestrators and people send: SIGTERM and SIGINT (Ctrl-C). Install them first
@@ -173,12 +176,52 @@ async fn join(
     }
 }
 
+/// A component's two listeners, bound, with their addresses (port 0 resolved). Binding comes first
+/// so a caller learns the addresses before it builds what serves them.
+#[derive(Debug)]
+pub struct Listeners {
+    main: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    addrs: BoundAddrs,
+}
+
+impl Listeners {
+    /// Binds the main listener of `name` on `main` and its admin listener on `admin`.
+    ///
+    /// # Errors
+    /// [`ComponentError::Bind`] naming the listener and the address.
+    pub async fn bind(
+        name: &str,
+        main: SocketAddr,
+        admin: SocketAddr,
+    ) -> Result<Self, ComponentError> {
+        let main_listener = bind(name, main).await?;
+        let admin_listener = bind(&format!("{name} admin"), admin).await?;
+        let addrs = BoundAddrs {
+            main: local_addr(&main_listener, main),
+            admin: local_addr(&admin_listener, admin),
+        };
+        Ok(Self {
+            main: main_listener,
+            admin: admin_listener,
+            addrs,
+        })
+    }
+
+    /// Where they listen.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+}
+
 /// The two listeners of a running component and what it takes to stop them in order: the lifecycle
-/// that the gRPC services and the gateway share.
+/// that the gRPC services, the gateway and the registry share.
 #[derive(Debug)]
 pub struct Supervisor<E> {
     /// The component's name, for logs and errors.
     pub name: &'static str,
+    /// Where it listens.
+    pub addrs: BoundAddrs,
     /// Cancelled by whoever orchestrates shutdown.
     pub stop: CancellationToken,
     /// How long in-flight requests may take to finish.
@@ -193,7 +236,47 @@ pub struct Supervisor<E> {
     pub admin_stop: CancellationToken,
 }
 
-impl<E: std::fmt::Display> Supervisor<E> {
+impl<E: std::fmt::Display + Send + 'static> Supervisor<E> {
+    /// Starts a component on `listeners`: `main` serves the main listener until the signal it is
+    /// given (then drains), and the admin listener serves `/health` and `/ready` from `readiness`.
+    /// Call [`Supervisor::run`] (or [`Supervisor::into_running`]) to stop them in order.
+    pub fn start<M, F>(
+        name: &'static str,
+        listeners: Listeners,
+        readiness: Readiness,
+        drain_timeout: Duration,
+        main: M,
+    ) -> Self
+    where
+        M: FnOnce(tokio::net::TcpListener, WaitForCancellationFutureOwned) -> F,
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let main_stop = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let admin = axum::serve(listeners.admin, admin::router(readiness))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+            .into_future();
+        Self {
+            name,
+            addrs: listeners.addrs,
+            stop: CancellationToken::new(),
+            drain_timeout,
+            main: tokio::spawn(main(listeners.main, main_stop.clone().cancelled_owned())),
+            main_stop,
+            admin: tokio::spawn(admin),
+            admin_stop,
+        }
+    }
+
+    /// Runs the lifecycle (see [`Supervisor::run`]) as a [`Running`] component.
+    pub fn into_running<B>(self, before_close: B) -> Running
+    where
+        B: Future<Output = ()> + Send + 'static,
+    {
+        let (name, addrs, stop) = (self.name, self.addrs, self.stop.clone());
+        Running::spawn(name, addrs, stop, self.run(before_close))
+    }
+
     /// Waits for `stop`, runs `before_close` (deregistration, readiness and health flips), closes the
     /// main listener and drains it within the timeout, then stops the admin listener last so
     /// `/ready` says "draining" for as long as the drain lasts. Returns early with an error if the
@@ -204,6 +287,7 @@ impl<E: std::fmt::Display> Supervisor<E> {
     pub async fn run<F: Future<Output = ()>>(self, before_close: F) -> Result<(), ComponentError> {
         let Self {
             name,
+            addrs: _,
             stop,
             drain_timeout,
             mut main,

@@ -67,10 +67,8 @@ pub mod store;
 pub use api::router;
 pub use catalog::{CheckIdTaken, TtlError, UnknownService};
 pub use config::RegistryConfig;
-use platform::admin::{self, Readiness};
-use platform::shutdown::{
-    self, BoundAddrs, CancellationToken, ComponentError, Running, Supervisor,
-};
+use platform::admin::Readiness;
+use platform::shutdown::{ComponentError, Listeners, Running, Supervisor};
 pub use registry::{ChangeError, Registry, RegistryError, RegistryOptions};
 
 /// Binds the API and admin listeners, opens the registry in the configured data directory, and
@@ -80,12 +78,8 @@ pub use registry::{ChangeError, Registry, RegistryError, RegistryOptions};
 /// [`ComponentError::Bind`] when a listener cannot be bound, [`ComponentError::Serve`] when the
 /// data directory cannot be read.
 pub async fn spawn(config: RegistryConfig) -> Result<Running, ComponentError> {
-    let http_listener = shutdown::bind("registry HTTP", config.addr).await?;
-    let admin_listener = shutdown::bind("registry admin", config.admin_addr).await?;
-    let addrs = BoundAddrs {
-        main: shutdown::local_addr(&http_listener, config.addr),
-        admin: shutdown::local_addr(&admin_listener, config.admin_addr),
-    };
+    let listeners = Listeners::bind("registry", config.addr, config.admin_addr).await?;
+    let addrs = listeners.addrs();
     let registry = Registry::open(RegistryOptions::new(addrs.main, config.data_dir.clone()))
         .await
         .map_err(|error| ComponentError::Serve {
@@ -94,24 +88,18 @@ pub async fn spawn(config: RegistryConfig) -> Result<Running, ComponentError> {
         })?;
     let readiness = Readiness::new();
 
-    let stop = CancellationToken::new();
-    let http_stop = CancellationToken::new();
-    let admin_stop = CancellationToken::new();
-    let http = axum::serve(http_listener, router(registry.clone()))
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-        .into_future();
-    let admin = axum::serve(admin_listener, admin::router(readiness.clone()))
-        .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
-        .into_future();
-    let supervisor = Supervisor {
-        name: "registry",
-        stop: stop.clone(),
-        drain_timeout: config.drain_timeout,
-        main: tokio::spawn(http),
-        main_stop: http_stop,
-        admin: tokio::spawn(admin),
-        admin_stop,
-    };
+    let app = router(registry.clone());
+    let supervisor = Supervisor::start(
+        "registry",
+        listeners,
+        readiness.clone(),
+        config.drain_timeout,
+        |listener, closed| {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(closed)
+                .into_future()
+        },
+    );
     tracing::info!(
         component = "registry",
         http = %addrs.main,
@@ -124,6 +112,7 @@ pub async fn spawn(config: RegistryConfig) -> Result<Running, ComponentError> {
         readiness.start_draining();
         draining.start_draining();
     };
+    let stop = supervisor.stop.clone();
     let lifecycle = async move {
         let outcome = supervisor.run(before_close).await;
         registry.shutdown().await;
