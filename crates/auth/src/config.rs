@@ -19,8 +19,6 @@ use crate::limiter::LoginLimits;
 pub const DEFAULT_USER_ENDPOINT: &str = "http://127.0.0.1:50051";
 /// The setting that lists the proxies whose `x-forwarded-for` is believed.
 pub const TRUSTED_PROXIES_SETTING: &str = "FLOTILLA_AUTH_TRUSTED_PROXIES";
-/// Its default: loopback, which is where the gateway calls from under `flotilla up`.
-pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.1,::1";
 
 /// How the service signs tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,34 +173,14 @@ impl fmt::Debug for AuthServiceConfig {
     }
 }
 
-/// `FLOTILLA_AUTH_TRUSTED_PROXIES`: comma-separated IP addresses; unset means
-/// [`DEFAULT_TRUSTED_PROXIES`], and an empty value means no proxy is trusted.
+/// `FLOTILLA_AUTH_TRUSTED_PROXIES`: comma-separated IP addresses; unset means loopback (where the
+/// gateway calls from under `flotilla up`), and an empty value means no proxy is trusted.
 fn trusted_proxies(settings: &Settings) -> Result<Vec<IpAddr>, ConfigError> {
-    let name = TRUSTED_PROXIES_SETTING;
-    let value = match settings.string(name, DEFAULT_TRUSTED_PROXIES) {
-        Ok(value) => value,
-        // `Settings::string` refuses a value that is set but empty; here empty has a meaning.
-        Err(ConfigError::Invalid { value, .. }) if value.trim().is_empty() => {
-            return Ok(Vec::new());
-        }
-        Err(error) => return Err(error),
-    };
-    value
-        .split(',')
-        .map(str::trim)
-        .map(|entry| {
-            entry.parse::<IpAddr>().map_err(|_| ConfigError::Invalid {
-                name: name.to_owned(),
-                value: value.clone(),
-                origin: settings.origin(name),
-                expected: format!(
-                    "comma-separated IP addresses of the proxies whose x-forwarded-for is \
-                     believed, such as 127.0.0.1,::1 (single addresses, no ranges; {entry:?} is \
-                     not one), or an empty value to trust none"
-                ),
-            })
-        })
-        .collect()
+    let loopback = [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    settings.ip_addresses(TRUSTED_PROXIES_SETTING, &loopback)
 }
 
 /// The setting that caps a refresh-token family's whole life.

@@ -292,11 +292,18 @@ impl Settings {
         })
     }
 
-    /// A comma-separated list of IP addresses, such as trusted proxies.
+    /// A comma-separated list of IP addresses, such as trusted proxies. Unlike other settings, an
+    /// empty value is meaningful here: no addresses (trust no proxy), whatever the default.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] when an entry is not an IP address.
     pub fn ip_addresses(&self, name: &str, default: &[IpAddr]) -> Result<Vec<IpAddr>, ConfigError> {
+        if let Some((value, origin)) = self.raw(name)
+            && value.trim().is_empty()
+        {
+            self.lookups_insert(name, "(none)", origin);
+            return Ok(Vec::new());
+        }
         self.parse_or(
             name,
             IpList(default.to_vec()),

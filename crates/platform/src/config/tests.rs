@@ -244,6 +244,13 @@ fn ip_lists_are_parsed_or_refused_by_entry() {
         "{error}"
     );
     assert_eq!(settings.ip_addresses("UNSET", &[]).ok(), Some(Vec::new()));
+    let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
+    let empty = Settings::from_pairs([("NONE", " ")]);
+    assert_eq!(
+        empty.ip_addresses("NONE", &[loopback]).ok(),
+        Some(Vec::new()),
+        "empty means none"
+    );
     let shown = settings
         .effective()
         .into_iter()
