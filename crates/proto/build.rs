@@ -1,6 +1,10 @@
 //! Compiles `proto/flotilla/**.proto` with protox, a pure-Rust protobuf compiler, so a fresh machine
 //! needs nothing but cargo (no system `protoc`). The same descriptor set is written to `OUT_DIR` for
 //! server reflection.
+//!
+//! etcd's protos (`proto/etcd/**`, a trimmed copy) are a second, client-only compilation: Flotilla
+//! calls etcd but does not serve it, so they stay out of the reflection descriptor set and get no
+//! server code.
 
 use std::path::PathBuf;
 
@@ -11,6 +15,10 @@ const PROTOS: &[&str] = &[
     "flotilla/auth/v1/auth.proto",
     "flotilla/product/v1/product.proto",
 ];
+
+/// The etcd protos, relative to `proto/etcd` (their imports are written as etcd's own tree has them,
+/// `mvccpb/kv.proto`).
+const ETCD_PROTOS: &[&str] = &["etcdserverpb/rpc.proto"];
 
 const SECRET_BEARING: &[&str] = &[
     ".flotilla.user.v1.CreateUserRequest",
@@ -41,5 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // prints `***` for it, so `{:?}` on a request can never leak one into a log.
         .skip_debug(SECRET_BEARING)
         .compile_fds(descriptors)?;
+
+    let etcd_descriptors = protox::compile(ETCD_PROTOS, [proto_root.join("etcd")])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(etcd_descriptors)?;
     Ok(())
 }

@@ -9,14 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use platform::auth::{AuthConfig, KeySource};
-use platform::config::{ConfigError, Origin, Secret, Settings, redact_url_password};
+use platform::config::{ConfigError, Origin, Secret, Settings};
 use platform::database::DatabaseConfig;
 
 use crate::domain::TokenRules;
 use crate::limiter::LoginLimits;
 
-/// The user service's gRPC endpoint until discovery lands.
-pub const DEFAULT_USER_ENDPOINT: &str = "http://127.0.0.1:50051";
 /// The setting that lists the proxies whose `x-forwarded-for` is believed.
 pub const TRUSTED_PROXIES_SETTING: &str = "FLOTILLA_AUTH_TRUSTED_PROXIES";
 
@@ -66,9 +64,6 @@ pub struct AuthServiceConfig {
     /// empty value trusts none). A login from any other peer is counted under the peer's own
     /// address, whatever header it sends.
     pub trusted_proxies: Vec<IpAddr>,
-    /// The user service's gRPC endpoint (`FLOTILLA_USER_ENDPOINT`, default
-    /// `http://127.0.0.1:50051`).
-    pub user_endpoint: String,
 }
 
 impl AuthServiceConfig {
@@ -94,12 +89,11 @@ impl AuthServiceConfig {
             database_variable,
             default_database_url,
         )?;
-        // Only the mode, issuer, audience and leeway are used from this; the endpoint it reads in
-        // Ed25519 mode is where *other* components fetch keys from.
-        let verification = AuthConfig::from_settings(settings, "http://127.0.0.1:50052")?;
+        // Only the mode, issuer, audience and leeway are used from this.
+        let verification = AuthConfig::from_settings(settings)?;
         let signing = match verification.keys {
             KeySource::SharedSecret(secret) => SigningConfig::SharedSecret(secret),
-            KeySource::Jwks { .. } => SigningConfig::Ed25519 {
+            KeySource::Jwks => SigningConfig::Ed25519 {
                 key_file: required_path(settings, "FLOTILLA_JWT_KEY_FILE", default_key_file)?,
                 previous_key_file: optional_path(settings, "FLOTILLA_JWT_PREVIOUS_KEY_FILE")?,
             },
@@ -134,11 +128,6 @@ impl AuthServiceConfig {
                 )?,
             },
             trusted_proxies: trusted_proxies(settings)?,
-            user_endpoint: settings.url(
-                "FLOTILLA_USER_ENDPOINT",
-                DEFAULT_USER_ENDPOINT,
-                &["http", "https"],
-            )?,
         })
     }
 
@@ -168,7 +157,6 @@ impl fmt::Debug for AuthServiceConfig {
             .field("refresh_max_lifetime", &self.refresh_max_lifetime)
             .field("login_limits", &self.login_limits)
             .field("trusted_proxies", &self.trusted_proxies)
-            .field("user_endpoint", &redact_url_password(&self.user_endpoint))
             .finish()
     }
 }
@@ -306,7 +294,6 @@ mod tests {
             ],
             "loopback: the gateway under `flotilla up`"
         );
-        assert_eq!(config.user_endpoint, "http://127.0.0.1:50051");
         Ok(())
     }
 
@@ -364,7 +351,6 @@ mod tests {
             config.trusted_proxies,
             vec!["10.0.0.5".parse::<IpAddr>()?, "fd00::7".parse::<IpAddr>()?]
         );
-        assert_eq!(config.user_endpoint, "https://user.internal:443");
         Ok(())
     }
 
@@ -413,7 +399,6 @@ mod tests {
             ("FLOTILLA_LOGIN_WINDOW", "0ms"),
             ("FLOTILLA_LOGIN_MAX_FAILURES", "0"),
             ("FLOTILLA_LOGIN_MAX_FAILURES_PER_ADDRESS", "-1"),
-            ("FLOTILLA_USER_ENDPOINT", "user:50051"),
             ("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", "many"),
             ("FLOTILLA_JWT_KEY_FILE", " "),
             ("DATABASE_URL", "mysql://x"),

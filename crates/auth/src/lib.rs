@@ -34,7 +34,6 @@ pub mod tokens;
 pub mod users;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{AuthServiceConfig, SigningConfig};
@@ -42,13 +41,10 @@ pub use grpc::AuthApi;
 pub use keys::{KeyFileError, KeyRing, Rotation, ensure_key_file, rotate_key_files};
 use platform::auth::{Access, Policy};
 use platform::database::{Database, DatabaseError};
+use platform::discovery::Discovery;
 use platform::proto::auth::v1::auth_service_server::AuthServiceServer;
 pub use purge::Purger;
 pub use store::AuthStore;
-use tonic::transport::Endpoint;
-
-/// How long connecting to the user service may take before a login answers UNAVAILABLE.
-pub const USER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The auth service, ready to serve.
 #[derive(Debug)]
@@ -73,26 +69,22 @@ pub enum BuildError {
     /// A signing key file could not be read or holds no usable key.
     #[error(transparent)]
     Key(#[from] KeyFileError),
-    /// The user service's endpoint is not a usable URI.
-    #[error("FLOTILLA_USER_ENDPOINT={endpoint:?} is not a usable gRPC endpoint: {reason}")]
-    UserEndpoint {
-        /// The endpoint as configured.
-        endpoint: String,
-        /// Why it cannot be used.
-        reason: String,
-    },
 }
 
-/// Loads the signing keys, opens the store (migrating it) and builds the service, with a lazily
-/// connecting channel to the user service, so the auth service can start before it, and starts
+/// Loads the signing keys, opens the store (migrating it) and builds the service, with a
+/// load-balanced channel to the user service found through `discovery` (connecting lazily, so the
+/// auth service can start before it), and starts
 /// the background purge of expired rows (see [`BuiltAuth::purger`]). Call it inside a Tokio
 /// runtime.
 ///
 /// # Errors
 /// [`BuildError`] naming the key file that cannot be used, or when the database cannot be reached
-/// or migrated, or the user endpoint is not a URI.
-pub async fn build(config: &AuthServiceConfig) -> Result<BuiltAuth, BuildError> {
-    let api = build_api(config, Arc::new(SystemClock)).await?;
+/// or migrated.
+pub async fn build(
+    config: &AuthServiceConfig,
+    discovery: &Discovery,
+) -> Result<BuiltAuth, BuildError> {
+    let api = build_api(config, Arc::new(SystemClock), discovery).await?;
     let database = api.store().database().clone();
     let purger = Purger::spawn(api.clone(), grpc::PURGE_INTERVAL);
     Ok(BuiltAuth {
@@ -110,6 +102,7 @@ pub async fn build(config: &AuthServiceConfig) -> Result<BuiltAuth, BuildError> 
 pub async fn build_api(
     config: &AuthServiceConfig,
     clock: Arc<dyn Clock>,
+    discovery: &Discovery,
 ) -> Result<AuthApi, BuildError> {
     let rules = config.token_rules();
     let ring = match &config.signing {
@@ -123,13 +116,6 @@ pub async fn build_api(
             rules.access_lifetime.saturating_add(rules.leeway),
         )?,
     };
-    let channel = Endpoint::from_shared(config.user_endpoint.clone())
-        .map_err(|error| BuildError::UserEndpoint {
-            endpoint: config.user_endpoint.clone(),
-            reason: error.to_string(),
-        })?
-        .connect_timeout(USER_CONNECT_TIMEOUT)
-        .connect_lazy();
     let store = AuthStore::open(&config.database).await?;
     if let Some(kid) = ring.current().kid() {
         tracing::info!(kid, "signing access tokens with Ed25519");
@@ -140,7 +126,7 @@ pub async fn build_api(
         store,
         tokens::Tokens::new(rules, ring),
         limiter::LoginLimiter::new(config.login_limits, clock.clone()),
-        users::Users::new(channel),
+        users::Users::new(discovery.channel("user")),
         clock,
         config.trusted_proxies.clone(),
     ))

@@ -47,9 +47,7 @@ impl Tokens {
     pub fn new(rules: TokenRules, ring: KeyRing) -> Self {
         // The verifier reads only the issuer, audience and leeway from this; the keys are given.
         let config = AuthConfig {
-            keys: KeySource::Jwks {
-                auth_endpoint: String::new(),
-            },
+            keys: KeySource::Jwks,
             issuer: rules.issuer.clone(),
             audience: rules.audience.clone(),
             leeway: rules.leeway,

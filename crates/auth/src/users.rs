@@ -13,11 +13,11 @@
 use std::time::Duration;
 
 use platform::auth::AuthError;
+use platform::discovery::balance::Balanced;
 use platform::proto::user::v1 as user_pb;
 use platform::proto::user::v1::user_service_client::UserServiceClient;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
 use crate::domain::Credentials;
 use crate::error::AuthServiceError;
@@ -37,12 +37,12 @@ pub struct Account {
 /// A client of the user service.
 #[derive(Debug, Clone)]
 pub struct Users {
-    client: UserServiceClient<Channel>,
+    client: UserServiceClient<Balanced>,
 }
 
 impl Users {
     /// Calls the user service over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: Balanced) -> Self {
         Self {
             client: UserServiceClient::new(channel),
         }

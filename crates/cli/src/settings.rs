@@ -13,6 +13,7 @@ use auth::AuthServiceConfig;
 use gateway::GatewayConfig;
 use platform::auth::AuthConfig;
 use platform::config::{ConfigError, Settings};
+use platform::discovery::DiscoveryConfig;
 use platform::serve::ServeConfig;
 use platform::telemetry::{LogConfig, LogFormat};
 use product::ProductConfig;
@@ -62,9 +63,12 @@ pub const UP_PREVIOUS_KEY_FILE: &str = "jwt-ed25519.previous.pem";
 /// Every setting any component reads, so a settings file shared by several components is accepted
 /// by each (a test keeps this list equal to what the components really read).
 const ALL_SETTINGS: &[&str] = &[
+    "CONSUL_HTTP_ADDR",
+    "CONSUL_HTTP_TOKEN",
     "DATABASE_URL",
     "FLOTILLA_ADMIN_EMAIL",
     "FLOTILLA_ADMIN_PASSWORD",
+    "FLOTILLA_ADVERTISE_ADDR",
     "FLOTILLA_ARGON2_ITERATIONS",
     "FLOTILLA_ARGON2_MEMORY_KIB",
     "FLOTILLA_ARGON2_PARALLELISM",
@@ -74,7 +78,13 @@ const ALL_SETTINGS: &[&str] = &[
     "FLOTILLA_AUTH_ENDPOINT",
     "FLOTILLA_AUTH_GRPC_ADDR",
     "FLOTILLA_AUTH_TRUSTED_PROXIES",
+    "FLOTILLA_CHECK_INTERVAL",
+    "FLOTILLA_CHECK_TIMEOUT",
+    "FLOTILLA_DEREGISTER_CRITICAL_AFTER",
+    "FLOTILLA_DEREGISTER_DELAY",
+    "FLOTILLA_DISCOVERY",
     "FLOTILLA_DRAIN_TIMEOUT",
+    "FLOTILLA_ETCD_ENDPOINTS",
     "FLOTILLA_GATEWAY_ADMIN_ADDR",
     "FLOTILLA_GATEWAY_HTTP_ADDR",
     "FLOTILLA_GATEWAY_TIMEOUT",
@@ -128,6 +138,9 @@ pub struct SystemConfig {
     pub log: LogConfig,
     /// How the gRPC services verify the tokens they are sent.
     pub verification: AuthConfig,
+    /// Where services register and find each other (`up` replaces the backend with its embedded
+    /// registry once that listens).
+    pub discovery: DiscoveryConfig,
     /// The user service, when this run has it.
     pub user: Option<ServiceParts<UserConfig>>,
     /// The auth service, when this run has it.
@@ -160,21 +173,10 @@ impl SystemConfig {
         };
         let up = matches!(mode, Mode::Up { .. });
         let settings = if up {
-            // One process: each service is where `up` binds it (port-0 addresses are filled in
-            // once bound).
+            // One process, stopped front to back: every caller of a service has stopped before the
+            // service deregisters, so nobody needs time to notice it leaving.
             settings
-                .with_default(
-                    "FLOTILLA_USER_ENDPOINT",
-                    format!("http://{}", at(USER_PORTS.0)),
-                )
-                .with_default(
-                    "FLOTILLA_AUTH_ENDPOINT",
-                    format!("http://{}", at(AUTH_PORTS.0)),
-                )
-                .with_default(
-                    "FLOTILLA_PRODUCT_ENDPOINT",
-                    format!("http://{}", at(PRODUCT_PORTS.0)),
-                )
+                .with_default("FLOTILLA_DEREGISTER_DELAY", "0s")
                 .with_default(
                     "FLOTILLA_JWT_PREVIOUS_KEY_FILE",
                     data_dir.join(UP_PREVIOUS_KEY_FILE).display().to_string(),
@@ -216,8 +218,8 @@ impl SystemConfig {
             Ok(serve)
         };
 
-        let verification =
-            AuthConfig::from_settings(&settings, gateway::config::DEFAULT_AUTH_ENDPOINT)?;
+        let verification = AuthConfig::from_settings(&settings)?;
+        let discovery = DiscoveryConfig::from_settings(&settings)?;
         let user = if runs(Component::User) {
             let (variable, default_url) = database("user");
             Some(ServiceParts {
@@ -262,16 +264,29 @@ impl SystemConfig {
         } else {
             None
         };
-        let registry = if matches!(mode, Mode::Serve(Component::Registry)) {
+        let registry = if runs(Component::Registry) {
             // Loopback by default, as Consul's agent binds its HTTP API.
-            let loopback = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
-            Some(RegistryConfig {
+            let loopback = |port: u16| -> SocketAddr {
+                if ephemeral {
+                    ([127, 0, 0, 1], 0).into()
+                } else {
+                    ([127, 0, 0, 1], port).into()
+                }
+            };
+            let mut registry = RegistryConfig {
                 addr: settings.socket_addr("FLOTILLA_REGISTRY_ADDR", loopback(REGISTRY_PORTS.0))?,
                 admin_addr: settings
                     .socket_addr("FLOTILLA_REGISTRY_ADMIN_ADDR", loopback(REGISTRY_PORTS.1))?,
-                data_dir: Some(data_dir.to_path_buf()),
+                // Under `up` every instance restarts with the registry, under new ids: remembering
+                // the last run's would only list dead (or, on fixed ports, duplicate) instances.
+                data_dir: (!up).then(|| data_dir.to_path_buf()),
                 drain_timeout: platform::serve::drain_timeout(&settings)?,
-            })
+            };
+            if ephemeral {
+                registry.addr = loopback(0);
+                registry.admin_addr = loopback(0);
+            }
+            Some(registry)
         } else {
             None
         };
@@ -281,6 +296,7 @@ impl SystemConfig {
             data_dir: data_dir.to_path_buf(),
             log,
             verification,
+            discovery,
             user,
             auth,
             product,
@@ -334,8 +350,13 @@ mod tests {
         assert_eq!(serve.grpc_addr, "127.0.0.1:50053".parse::<SocketAddr>()?);
         assert_eq!(product.database.url, "sqlite:///srv/f/product.db");
         assert!(product.seed_demo);
-        let gateway = config.gateway.ok_or("up runs the gateway")?;
-        assert_eq!(gateway.product_endpoint, "http://127.0.0.1:50053");
+        let registry = config.registry.ok_or("up embeds the registry")?;
+        assert_eq!(registry.addr, "127.0.0.1:8500".parse::<SocketAddr>()?);
+        assert_eq!(registry.data_dir, None, "nothing kept between runs of up");
+        assert_eq!(
+            config.discovery.registration.deregister_delay,
+            std::time::Duration::ZERO
+        );
         Ok(())
     }
 
@@ -385,14 +406,18 @@ mod tests {
             Mode::Serve(Component::Gateway),
             Mode::Serve(Component::Registry),
         ] {
-            let config = SystemConfig::parse(no_settings(), Path::new("data"), mode)?;
-            read.extend(
-                config
-                    .settings
-                    .effective()
-                    .into_iter()
-                    .map(|setting| setting.name),
-            );
+            // Each discovery backend's settings are read only when it is chosen.
+            for backend in ["consul", "static", "etcd"] {
+                let settings = Settings::from_pairs([("FLOTILLA_DISCOVERY", backend)]);
+                let config = SystemConfig::parse(settings, Path::new("data"), mode)?;
+                read.extend(
+                    config
+                        .settings
+                        .effective()
+                        .into_iter()
+                        .map(|setting| setting.name),
+                );
+            }
         }
         let listed: std::collections::BTreeSet<String> =
             ALL_SETTINGS.iter().map(|name| (*name).to_owned()).collect();

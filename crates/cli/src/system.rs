@@ -4,14 +4,17 @@
 //! Every gRPC service sits behind its access policy (`platform::auth::AuthLayer`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use auth::config::SigningConfig;
+use futures::StreamExt as _;
 use futures::future::select_all;
-use platform::auth::{KeySource, Verifier};
+use platform::auth::Verifier;
 use platform::database::Database;
-use platform::serve::{GrpcServer, ServeConfig};
-use platform::shutdown::{Listeners, Running, Signals};
+use platform::discovery::{Discovery, DiscoveryConfig};
+use platform::serve::GrpcServer;
+use platform::shutdown::{Running, Signals};
 use serde_json::json;
 
 use crate::settings::{Mode, SystemConfig};
@@ -67,117 +70,107 @@ pub async fn run(config: SystemConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the services, then the gateway in front of them, in `running` in start order: user,
-/// auth (which calls the user service), product, gateway. Every service's listeners are bound
-/// first, so services that call each other know where, even on port 0.
+/// Starts the registry (when this run has it), the services, then the gateway in front of them,
+/// in `running` in start order: registry, user, auth (which calls the user service), product,
+/// gateway. Each service registers with discovery once ready; under `up`, start-up ends when every
+/// service is passing its check in the embedded registry, so the gateway finds them all at once.
 async fn start(
     config: &SystemConfig,
     running: &mut Vec<Running>,
     databases: &mut Vec<Database>,
 ) -> anyhow::Result<()> {
     let up = matches!(config.mode, Mode::Up { .. });
+    let mut discovery_config = config.discovery.clone();
     if let Some(registry_config) = &config.registry {
-        running.push(registry::spawn(registry_config.clone()).await?);
+        let registry = registry::spawn(registry_config.clone()).await?;
+        if up {
+            // Every service registers with the embedded registry exactly as with a Consul agent.
+            discovery_config.backend = DiscoveryConfig::consul_at(registry.addrs().main).backend;
+        }
+        running.push(registry);
     }
-    let user_listeners = bind("user", config.user.as_ref().map(|parts| &parts.serve)).await?;
-    let auth_listeners = bind("auth", config.auth.as_ref().map(|parts| &parts.serve)).await?;
-    let product_listeners =
-        bind("product", config.product.as_ref().map(|parts| &parts.serve)).await?;
-    let url = |listeners: &Option<Listeners>| {
-        listeners
-            .as_ref()
-            .map(|l| format!("http://{}", l.addrs().main))
+    let discovery = Discovery::connect(&discovery_config)
+        .map_err(|error| anyhow::anyhow!("service discovery: {error}"))?;
+    let verifier = Verifier::new(&config.verification, &discovery);
+    let announced = |server: GrpcServer| match discovery.announcer() {
+        Some(announcer) => server.announce(announcer),
+        None => server,
     };
 
-    // In one process every service is found where it was actually bound.
-    let mut verification = config.verification.clone();
-    if let (true, KeySource::Jwks { auth_endpoint }, Some(auth_url)) =
-        (up, &mut verification.keys, url(&auth_listeners))
-    {
-        *auth_endpoint = auth_url;
-    }
-    let verifier = Verifier::new(&verification)
-        .map_err(|error| anyhow::anyhow!("token verification: {error}"))?;
-
-    if let (Some(parts), Some(listeners)) = (&config.user, user_listeners) {
+    if let Some(parts) = &config.user {
         let built = user::build(&parts.config)
             .await
             .context("starting the user service")?;
         databases.push(built.database.clone());
-        running.push(
-            GrpcServer::new("user", parts.serve.clone())
-                .add_authorized_service(built.service, &verifier, user::policy())
-                .readiness_check(built.database.readiness_check())
-                .spawn_on(listeners)
-                .await?,
-        );
+        let server = GrpcServer::new("user", parts.serve.clone())
+            .add_authorized_service(built.service, &verifier, user::policy())
+            .readiness_check(built.database.readiness_check());
+        running.push(announced(server).spawn().await?);
     }
-    if let (Some(parts), Some(listeners)) = (&config.auth, auth_listeners) {
-        let mut auth_config = parts.config.clone();
-        if let (true, Some(user_url)) = (
-            up,
-            running
-                .first()
-                .map(|user| format!("http://{}", user.addrs().main)),
-        ) {
-            auth_config.user_endpoint = user_url;
-        }
-        if up && let SigningConfig::Ed25519 { key_file, .. } = &auth_config.signing {
+    if let Some(parts) = &config.auth {
+        if up && let SigningConfig::Ed25519 { key_file, .. } = &parts.config.signing {
             auth::keys::ensure_key_file(key_file)
                 .with_context(|| format!("creating the signing key {}", key_file.display()))?;
         }
-        let built = auth::build(&auth_config)
+        let built = auth::build(&parts.config, &discovery)
             .await
             .context("starting the auth service")?;
         databases.push(built.database.clone());
-        running.push(
-            GrpcServer::new("auth", parts.serve.clone())
-                .add_authorized_service(built.service, &verifier, auth::policy())
-                .readiness_check(built.database.readiness_check())
-                .spawn_on(listeners)
-                .await?,
-        );
+        let server = GrpcServer::new("auth", parts.serve.clone())
+            .add_authorized_service(built.service, &verifier, auth::policy())
+            .readiness_check(built.database.readiness_check());
+        running.push(announced(server).spawn().await?);
     }
-    if let (Some(parts), Some(listeners)) = (&config.product, product_listeners) {
+    if let Some(parts) = &config.product {
         let built = product::build(&parts.config)
             .await
             .context("starting the product service")?;
         databases.push(built.database.clone());
-        running.push(
-            GrpcServer::new("product", parts.serve.clone())
-                .add_authorized_service(built.service, &verifier, product::policy())
-                .readiness_check(built.database.readiness_check())
-                .spawn_on(listeners)
-                .await?,
-        );
+        let server = GrpcServer::new("product", parts.serve.clone())
+            .add_authorized_service(built.service, &verifier, product::policy())
+            .readiness_check(built.database.readiness_check());
+        running.push(announced(server).spawn().await?);
+    }
+    if up {
+        wait_until_discoverable(&discovery, running).await?;
     }
     if let Some(gateway_config) = &config.gateway {
-        let mut gateway_config = gateway_config.clone();
-        if up {
-            for component in running.iter() {
-                let address = format!("http://{}", component.addrs().main);
-                match component.name() {
-                    "user" => gateway_config.user_endpoint = address,
-                    "auth" => gateway_config.auth_endpoint = address,
-                    "product" => gateway_config.product_endpoint = address,
-                    _ => {}
-                }
-            }
-            gateway_config.auth = verification.clone();
-        }
-        running.push(gateway::spawn(gateway_config).await?);
+        running.push(gateway::spawn(gateway_config.clone(), &discovery).await?);
     }
     Ok(())
 }
 
-/// Binds a service's listeners, when this run has the service.
-async fn bind(name: &str, serve: Option<&ServeConfig>) -> anyhow::Result<Option<Listeners>> {
-    match serve {
-        Some(serve) => Ok(Some(
-            Listeners::bind(name, serve.grpc_addr, serve.admin_addr).await?,
-        )),
-        None => Ok(None),
+/// How long `up` waits for its services to pass their first check.
+const DISCOVERABLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until discovery reports a healthy instance at each running service's address.
+async fn wait_until_discoverable(discovery: &Discovery, running: &[Running]) -> anyhow::Result<()> {
+    let services = running
+        .iter()
+        .filter(|component| ["user", "auth", "product"].contains(&component.name()));
+    for component in services {
+        let (name, addr) = (component.name(), component.addrs().main);
+        let mut watch = discovery.registry().watch(name);
+        let found = tokio::time::timeout(DISCOVERABLE_TIMEOUT, async {
+            while let Some(instances) = watch.next().await {
+                if instances
+                    .iter()
+                    .any(|instance| instance.addr.port() == addr.port())
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if found != Ok(true) {
+            anyhow::bail!(
+                "the {name} service (at {addr}) did not pass its health check in the registry within {}s",
+                DISCOVERABLE_TIMEOUT.as_secs()
+            );
+        }
     }
+    Ok(())
 }
 
 /// Stops components in reverse start order, then closes the databases.
@@ -198,7 +191,7 @@ fn write_endpoints(path: &Path, running: &[Running]) -> anyhow::Result<()> {
     let mut document = serde_json::Map::new();
     for component in running {
         let addrs = component.addrs();
-        let main = if component.name() == "gateway" {
+        let main = if matches!(component.name(), "gateway" | "registry") {
             "http"
         } else {
             "grpc"
@@ -226,6 +219,11 @@ fn print_banner(running: &[Running], endpoints_path: &Path) {
         if component.name() == "gateway" {
             lines.push(format!(
                 "  gateway  http://{}   try: curl http://{}/v1/products?page_size=3",
+                addrs.main, addrs.main
+            ));
+        } else if component.name() == "registry" {
+            lines.push(format!(
+                "  registry http://{}   try: curl http://{}/v1/catalog/services",
                 addrs.main, addrs.main
             ));
         } else {

@@ -6,31 +6,14 @@ use std::time::Duration;
 use platform::auth::AuthConfig;
 use platform::config::{ConfigError, Settings};
 
-/// Where each service listens by default (the ports `flotilla serve` uses), until discovery.
-pub const DEFAULT_USER_ENDPOINT: &str = "http://127.0.0.1:50051";
-/// See [`DEFAULT_USER_ENDPOINT`].
-pub const DEFAULT_AUTH_ENDPOINT: &str = "http://127.0.0.1:50052";
-/// See [`DEFAULT_USER_ENDPOINT`].
-pub const DEFAULT_PRODUCT_ENDPOINT: &str = "http://127.0.0.1:50053";
-
-fn endpoint(settings: &Settings, name: &str, default: &str) -> Result<String, ConfigError> {
-    settings.url(name, default, &["http", "https"])
-}
-
-/// Where the gateway listens and how it reaches the services.
+/// Where the gateway listens and how it treats requests; the services it calls are found through
+/// discovery, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
     /// Public HTTP listener (`FLOTILLA_GATEWAY_HTTP_ADDR`).
     pub http_addr: SocketAddr,
     /// Admin listener with `/health` and `/ready` (`FLOTILLA_GATEWAY_ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
-    /// The product service's gRPC endpoint (`FLOTILLA_PRODUCT_ENDPOINT`), until discovery finds it
-    /// by name.
-    pub product_endpoint: String,
-    /// The user service's gRPC endpoint (`FLOTILLA_USER_ENDPOINT`).
-    pub user_endpoint: String,
-    /// The auth service's gRPC endpoint (`FLOTILLA_AUTH_ENDPOINT`).
-    pub auth_endpoint: String,
     /// How access tokens are verified (published keys from the auth service, or `JWT_SECRET`).
     pub auth: AuthConfig,
     /// Deadline of each request, sent on to the services as `grpc-timeout`
@@ -61,14 +44,7 @@ impl GatewayConfig {
         Ok(Self {
             http_addr: settings.socket_addr("FLOTILLA_GATEWAY_HTTP_ADDR", default_http)?,
             admin_addr: settings.socket_addr("FLOTILLA_GATEWAY_ADMIN_ADDR", default_admin)?,
-            product_endpoint: endpoint(
-                settings,
-                "FLOTILLA_PRODUCT_ENDPOINT",
-                DEFAULT_PRODUCT_ENDPOINT,
-            )?,
-            user_endpoint: endpoint(settings, "FLOTILLA_USER_ENDPOINT", DEFAULT_USER_ENDPOINT)?,
-            auth_endpoint: endpoint(settings, "FLOTILLA_AUTH_ENDPOINT", DEFAULT_AUTH_ENDPOINT)?,
-            auth: AuthConfig::from_settings(settings, DEFAULT_AUTH_ENDPOINT)?,
+            auth: AuthConfig::from_settings(settings)?,
             request_timeout: settings
                 .duration("FLOTILLA_GATEWAY_TIMEOUT", Duration::from_secs(3))?,
             body_limit: BODY_LIMIT_BYTES,

@@ -14,23 +14,19 @@ pub mod routes;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 pub use config::GatewayConfig;
 use platform::admin;
 use platform::auth::Verifier;
+use platform::discovery::Discovery;
 use platform::shutdown::{ComponentError, Listeners, Running, Supervisor};
 pub use state::{AppState, Upstreams};
-use tonic::transport::{Channel, Endpoint};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-
-/// How long the gateway waits for a TCP connection to a service.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The gateway's routes and layers, over `state`.
 pub fn router(state: AppState, body_limit: usize) -> Router {
@@ -72,37 +68,16 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// A lazily connecting channel to `endpoint`: the gateway starts even while a service is still
-/// starting, and reconnects by itself.
-///
-/// # Errors
-/// [`ComponentError::Serve`] when the endpoint is not a valid URI.
-pub fn channel(endpoint: &str) -> Result<Channel, ComponentError> {
-    let endpoint =
-        Endpoint::from_shared(endpoint.to_owned()).map_err(|error| ComponentError::Serve {
-            component: "gateway".into(),
-            reason: format!("bad service endpoint {endpoint}: {error}"),
-        })?;
-    Ok(endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
-
 /// Binds the public and admin listeners and serves until stopped, then drains.
 ///
 /// # Errors
 /// [`ComponentError`] when a listener cannot be bound or an endpoint is invalid.
-pub async fn spawn(config: GatewayConfig) -> Result<Running, ComponentError> {
-    let upstreams = Upstreams {
-        product: channel(&config.product_endpoint)?,
-        user: channel(&config.user_endpoint)?,
-        auth: channel(&config.auth_endpoint)?,
-    };
-    let verifier = Verifier::new(&config.auth).map_err(|error| ComponentError::Serve {
-        component: "gateway".into(),
-        reason: error.to_string(),
-    })?;
+pub async fn spawn(
+    config: GatewayConfig,
+    discovery: &Discovery,
+) -> Result<Running, ComponentError> {
+    let upstreams = Upstreams::discover(discovery);
+    let verifier = Verifier::new(&config.auth, discovery);
     let state = AppState::new(upstreams, verifier, config.request_timeout)
         .with_trusted_proxies(config.trusted_proxies.clone());
     let readiness = state.readiness.clone();

@@ -6,23 +6,35 @@ use std::time::Duration;
 
 use platform::admin::Readiness;
 use platform::auth::Verifier;
+use platform::discovery::Discovery;
+use platform::discovery::balance::Balanced;
 use platform::proto::auth::v1::auth_service_client::AuthServiceClient;
 use platform::proto::product::v1::product_service_client::ProductServiceClient;
 use platform::proto::user::v1::user_service_client::UserServiceClient;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
 use crate::auth::Bearer;
 
-/// Channels to the services the gateway calls.
+/// Load-balanced channels to the services the gateway calls.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     /// The product service.
-    pub product: Channel,
+    pub product: Balanced,
     /// The user service.
-    pub user: Channel,
+    pub user: Balanced,
     /// The auth service.
-    pub auth: Channel,
+    pub auth: Balanced,
+}
+
+impl Upstreams {
+    /// Channels to every service, following `discovery`.
+    pub fn discover(discovery: &Discovery) -> Self {
+        Self {
+            product: discovery.channel("product"),
+            user: discovery.channel("user"),
+            auth: discovery.channel("auth"),
+        }
+    }
 }
 
 /// Shared by every handler.
@@ -60,17 +72,17 @@ impl AppState {
     }
 
     /// A client of the product service.
-    pub fn products(&self) -> ProductServiceClient<Channel> {
+    pub fn products(&self) -> ProductServiceClient<Balanced> {
         ProductServiceClient::new(self.upstreams.product.clone())
     }
 
     /// A client of the user service.
-    pub fn users(&self) -> UserServiceClient<Channel> {
+    pub fn users(&self) -> UserServiceClient<Balanced> {
         UserServiceClient::new(self.upstreams.user.clone())
     }
 
     /// A client of the auth service.
-    pub fn auth(&self) -> AuthServiceClient<Channel> {
+    pub fn auth(&self) -> AuthServiceClient<Balanced> {
         AuthServiceClient::new(self.upstreams.auth.clone())
     }
 

@@ -2,7 +2,8 @@
 //! service, server reflection (v1 and v1alpha, for grpcurl and Postman), an admin HTTP listener, and
 //! a graceful shutdown in a fixed order:
 //!
-//! 1. the before-drain hooks run (discovery deregisters here, so new traffic goes elsewhere);
+//! 1. the instance deregisters from discovery and keeps serving for the deregistration delay, so
+//!    callers' watches drop it while it still answers; then the before-drain hooks run;
 //! 2. health flips to NOT_SERVING and `/ready` to 503;
 //! 3. the gRPC listener closes and every HTTP/2 connection gets a GOAWAY, so clients stop starting
 //!    calls on it while in-flight calls finish;
@@ -27,6 +28,7 @@ use tonic_health::ServingStatus;
 use crate::admin::{self, Readiness};
 use crate::auth::{AuthLayer, Policy, Verifier};
 use crate::config::{ConfigError, Settings};
+use crate::discovery::Announcer;
 use crate::shutdown::{ComponentError, Listeners, Running, Supervisor};
 
 /// The drain timeout's variable and default (10 s).
@@ -84,6 +86,7 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     readiness: Readiness,
     before_drain: Vec<BeforeDrain>,
+    announcer: Option<Announcer>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -106,6 +109,7 @@ impl GrpcServer {
             service_names: Vec::new(),
             readiness: Readiness::new(),
             before_drain: Vec::new(),
+            announcer: None,
         }
     }
 
@@ -163,6 +167,14 @@ impl GrpcServer {
         self
     }
 
+    /// Registers the server with discovery once it is ready (its readiness checks pass), and
+    /// deregisters it first thing at shutdown.
+    #[must_use]
+    pub fn announce(mut self, announcer: Announcer) -> Self {
+        self.announcer = Some(announcer);
+        self
+    }
+
     /// Binds both listeners and starts serving; returns once the listeners are bound, so the
     /// addresses (port 0 resolved) are known.
     ///
@@ -215,16 +227,29 @@ impl GrpcServer {
             self.config.drain_timeout,
             |listener, closed| {
                 tonic::transport::Server::builder()
+                    // One debug line per call ("finished processing request", with its latency):
+                    // off at the default level, there when someone needs to see where calls go.
+                    .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(
+                        tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                    ))
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), closed)
             },
         );
         tracing::info!(component = name, grpc = %addrs.main, admin = %addrs.admin, "serving");
 
+        let announcement = self.announcer.map(|announcer| {
+            let announcer = announcer.with_meta("admin_port", addrs.admin.port().to_string());
+            let registration = announcer.registration(name, addrs.main);
+            announcer.start(registration, self.readiness.clone())
+        });
         let readiness = self.readiness;
         let service_names = self.service_names;
         let before_drain = self.before_drain;
         Ok(supervisor.into_running(async move {
+            if let Some(announcement) = announcement {
+                announcement.withdraw().await;
+            }
             for hook in before_drain {
                 hook().await;
             }

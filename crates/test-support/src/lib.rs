@@ -4,14 +4,20 @@
 //! - [`postgres`]: a fresh PostgreSQL database per test, dropped afterwards;
 //! - [`databases`]: a fresh SQLite file or PostgreSQL database per case, and [`both!`] to run a
 //!   case on each;
-//! - [`process`]: the real `flotilla` binary started in a temporary data directory.
+//! - [`process`]: the real `flotilla` binary started in a temporary data directory;
+//! - [`etcd`]: a real etcd on free ports in a temporary data directory, which can be killed and
+//!   restarted;
+//! - [`discovery_contract`](mod@discovery_contract): the cases every service-discovery backend
+//!   must pass, and [`discovery_contract!`] to run them as tests.
 //!
-//! A part that is missing (no PostgreSQL listening) makes the test skip with a loud message, unless
-//! `FLOTILLA_REQUIRE_EXTERNAL=1` (set by `.ci/run`), where it is a failure.
+//! A part that is missing (no PostgreSQL listening, no `etcd` binary) makes the test skip with a
+//! loud message, unless `FLOTILLA_REQUIRE_EXTERNAL=1` (set by `.ci/run`), where it is a failure.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixtures: a failed setup should stop the test loudly
 
 pub mod databases;
+pub mod discovery_contract;
+pub mod etcd;
 pub mod postgres;
 pub mod process;
 

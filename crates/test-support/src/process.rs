@@ -139,12 +139,21 @@ impl Flotilla {
 
     /// Sends SIGTERM, as an orchestrator would.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGKILL: a crash, with no chance to deregister or drain.
+    pub fn kill(&self) {
+        self.signal("KILL");
+    }
+
+    fn signal(&self, name: &str) {
         let pid = self.child.id().expect("flotilla is still running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([format!("-{name}"), pid.to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        assert!(status.success(), "kill -{name} {pid} failed");
     }
 
     /// Waits for the process to exit, at most `patience`.

@@ -262,9 +262,12 @@ async fn a_user_service_outage_is_unavailable_and_locks_nobody_out(db: &TestDb) 
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.local_addr()?
     };
-    let endpoint = format!("http://{closed}");
-    let harness =
-        Harness::start_with(db, Mode::Ed25519, &[("FLOTILLA_USER_ENDPOINT", &endpoint)]).await?;
+    auth::ensure_key_file(&db.key_file())?;
+    let key = SigningKey::from_ed25519_pem(&std::fs::read(db.key_file())?)?;
+    let mut users = FakeUserService::start(verifier_for(&key)).await?;
+    // Discovery points the auth service there instead of at the running fake.
+    users.addr = closed;
+    let harness = Harness::start_against(db, Mode::Ed25519, &[], Some(key), users).await?;
     for _ in 0..7 {
         let (code, message) = failure(harness.login(EMAIL, PASSWORD).await);
         assert_eq!(code, Code::Unavailable);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use auth::{AuthApi, AuthServiceConfig, ManualClock};
 use platform::auth::{AuthConfig, KeySource, SigningKey, Verifier};
 use platform::config::Settings;
+use platform::discovery::Discovery;
 use platform::proto::auth::v1 as pb;
 use platform::proto::auth::v1::auth_service_server::AuthService;
 pub use test_support::databases::TestDb;
@@ -81,9 +82,7 @@ pub struct Harness {
 /// The verification settings of every token in these tests (the defaults).
 pub fn verification() -> AuthConfig {
     AuthConfig {
-        keys: KeySource::Jwks {
-            auth_endpoint: String::new(),
-        },
+        keys: KeySource::Jwks,
         issuer: "flotilla-auth".into(),
         audience: "flotilla".into(),
         leeway: std::time::Duration::from_secs(30),
@@ -137,11 +136,9 @@ impl Harness {
         users: FakeUserService,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let key_file = db.key_file().display().to_string();
-        let endpoint = users.endpoint();
         let mut pairs: Vec<(&str, &str)> = vec![
             ("DATABASE_URL", db.url()),
             ("FLOTILLA_AUTH_DB_MAX_CONNECTIONS", "4"),
-            ("FLOTILLA_USER_ENDPOINT", endpoint.as_str()),
         ];
         match mode {
             Mode::Ed25519 => pairs.push(("FLOTILLA_JWT_KEY_FILE", key_file.as_str())),
@@ -155,7 +152,8 @@ impl Harness {
             None,
         )?;
         let clock = Arc::new(ManualClock::starting_now());
-        let api = auth::build_api(&config, clock.clone()).await?;
+        let discovery = Discovery::fixed(&[("user", users.addr)]);
+        let api = auth::build_api(&config, clock.clone(), &discovery).await?;
         Ok(Self {
             api,
             clock,

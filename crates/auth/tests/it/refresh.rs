@@ -379,7 +379,7 @@ async fn build_starts_a_purge_task_that_stop_ends(db: &TestDb) -> TestResult {
         "sqlite://unused.db",
         None,
     )?;
-    let built = auth::build(&config).await?;
+    let built = auth::build(&config, &platform::discovery::Discovery::fixed(&[])).await?;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!built.purger.is_finished(), "it runs until told otherwise");
     built.purger.stop().await;

@@ -87,11 +87,16 @@ async fn http_client_loop(gateway: SocketAddr, successes: Arc<AtomicUsize>) -> H
     tally
 }
 
-/// How many requests the gateway's trace layer started and finished, from its debug log lines.
+/// How many requests the gateway's trace layer started and finished, from its debug log lines
+/// (the gRPC services log their calls the same way; only the gateway's paths start `/v1/`).
 fn gateway_requests(log: &str) -> (usize, usize) {
     let count = |message: &str| {
         log.lines()
-            .filter(|line| line.contains(message) && line.contains("tower_http::trace"))
+            .filter(|line| {
+                line.contains(message)
+                    && line.contains("tower_http::trace")
+                    && line.contains("/v1/")
+            })
             .count()
     };
     (

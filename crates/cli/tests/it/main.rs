@@ -3,6 +3,7 @@
 //! a temporary data directory, and driven over HTTP and gRPC.
 
 mod cli;
+mod discovery;
 mod identity;
 mod lifecycle;
 mod registry;

@@ -1,13 +1,12 @@
-//! `flotilla serve registry` as its own process: the Consul client registers a real product
-//! service with a gRPC health check, the registry runs the check and the watch sees the instance;
-//! a restart on the same data directory still knows it.
+//! `flotilla serve registry` as its own process, and a `flotilla serve product` that registers
+//! itself there once ready: the registry runs its gRPC check and a watch sees the instance; a
+//! registry restart on the same data directory still knows it; the product's SIGTERM deregisters it.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
 use platform::discovery::consul::{ConsulConfig, ConsulRegistry};
-use platform::discovery::{HealthCheck, Registration, Registry};
+use platform::discovery::{Instance, Registry};
 use test_support::process::Flotilla;
 
 use crate::{TestResult, binary};
@@ -16,26 +15,38 @@ const ANY_PORT: &str = "127.0.0.1:0";
 /// Patience for the registry's first check of the instance (interval 200 ms).
 const CHECK_PATIENCE: Duration = Duration::from_secs(20);
 
-async fn registry(data_dir: &std::path::Path) -> Flotilla {
+async fn registry(data_dir: &std::path::Path, addr: &str) -> Flotilla {
     Flotilla::serve(
         binary(),
         "registry",
         data_dir,
         &[
-            ("FLOTILLA_REGISTRY_ADDR", ANY_PORT),
+            ("FLOTILLA_REGISTRY_ADDR", addr),
             ("FLOTILLA_REGISTRY_ADMIN_ADDR", ANY_PORT),
         ],
     )
     .await
 }
 
+async fn agent_services(
+    registry: std::net::SocketAddr,
+) -> Result<serde_json::Value, reqwest::Error> {
+    crate::install_crypto_provider();
+    reqwest::get(format!("http://{registry}/v1/agent/services"))
+        .await?
+        .json()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_registry_checks_and_reports_a_registered_service_and_remembers_it() -> TestResult {
+async fn a_served_product_registers_itself_is_remembered_and_deregisters_on_sigterm() -> TestResult
+{
     let registry_dir = tempfile::tempdir()?;
-    let registry_process = registry(registry_dir.path()).await;
+    let registry_process = registry(registry_dir.path(), ANY_PORT).await;
     let registry_addr = registry_process.addr("registry", "http");
 
     let product_dir = tempfile::tempdir()?;
+    let consul_addr = registry_addr.to_string();
     let product = Flotilla::serve(
         binary(),
         "product",
@@ -44,31 +55,22 @@ async fn the_registry_checks_and_reports_a_registered_service_and_remembers_it()
             ("FLOTILLA_PRODUCT_GRPC_ADDR", ANY_PORT),
             ("FLOTILLA_PRODUCT_ADMIN_ADDR", ANY_PORT),
             ("JWT_SECRET", "a-shared-secret-of-at-least-32-bytes!"),
+            ("CONSUL_HTTP_ADDR", consul_addr.as_str()),
+            ("FLOTILLA_CHECK_INTERVAL", "200ms"),
+            ("FLOTILLA_CHECK_TIMEOUT", "200ms"),
+            ("FLOTILLA_DEREGISTER_DELAY", "100ms"),
         ],
     )
     .await;
     let product_addr = product.addr("product", "grpc");
+    let product_admin = product.addr("product", "admin");
 
     let consul = ConsulRegistry::new(ConsulConfig {
         address: format!("http://{registry_addr}"),
         token: None,
     })?;
-    let registration = Registration {
-        id: "product-test-1".into(),
-        name: "product".into(),
-        addr: product_addr,
-        tags: vec!["grpc".into()],
-        meta: BTreeMap::new(),
-        check: HealthCheck {
-            grpc: product_addr.to_string(),
-            interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(1),
-            deregister_critical_after: Duration::from_secs(60),
-        },
-    };
-    consul.register(&registration).await?;
     let mut watch = consul.watch("product");
-    let found = tokio::time::timeout(CHECK_PATIENCE, async {
+    let found: Instance = tokio::time::timeout(CHECK_PATIENCE, async {
         while let Some(instances) = watch.next().await {
             if let Some(instance) = instances.into_iter().next() {
                 return Some(instance);
@@ -78,39 +80,27 @@ async fn the_registry_checks_and_reports_a_registered_service_and_remembers_it()
     })
     .await?
     .ok_or("the watch ended")?;
+    assert!(found.id.starts_with("product-"), "{}", found.id);
+    assert_eq!(found.addr, product_addr);
+    assert!(found.tags.contains(&"grpc".to_owned()), "{:?}", found.tags);
     assert_eq!(
-        (found.id.as_str(), found.addr),
-        ("product-test-1", product_addr)
+        found.meta.get("admin_port"),
+        Some(&product_admin.port().to_string())
     );
+    assert!(found.meta.contains_key("version"));
 
-    // A restart on the same data directory remembers the registration.
+    // A restart on the same data directory (and address) remembers the registration.
     registry_process.stop().await;
-    let registry_process = registry(registry_dir.path()).await;
-    let registry_addr = registry_process.addr("registry", "http");
-    crate::install_crypto_provider();
-    let services: serde_json::Value =
-        reqwest::get(format!("http://{registry_addr}/v1/agent/services"))
-            .await?
-            .json()
-            .await?;
-    assert_eq!(
-        services["product-test-1"]["Service"], "product",
-        "{services}"
-    );
+    let registry_process = registry(registry_dir.path(), &consul_addr).await;
+    let services = agent_services(registry_addr).await?;
+    assert_eq!(services[&found.id]["Service"], "product", "{services}");
+    assert_eq!(services[&found.id]["Port"], product_addr.port());
 
-    let consul = ConsulRegistry::new(ConsulConfig {
-        address: format!("http://{registry_addr}"),
-        token: None,
-    })?;
-    consul.deregister("product-test-1").await?;
-    let services: serde_json::Value =
-        reqwest::get(format!("http://{registry_addr}/v1/agent/services"))
-            .await?
-            .json()
-            .await?;
-    assert!(services.get("product-test-1").is_none(), "{services}");
-
+    // SIGTERM: the product deregisters first thing, before its drain.
     product.stop().await;
+    let services = agent_services(registry_addr).await?;
+    assert!(services.get(&found.id).is_none(), "{services}");
+
     registry_process.stop().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `flotilla serve` runs one component as a container would: the product service on PostgreSQL
-//! (`DATABASE_URL`), and the gateway told where it is by `FLOTILLA_PRODUCT_ENDPOINT`, both in the
-//! shared-secret mode (`JWT_SECRET`, HS256), with a token this test signs.
+//! (`DATABASE_URL`), and the gateway told where it is by the `static` discovery backend
+//! (`FLOTILLA_PRODUCT_ENDPOINT`), both in the shared-secret mode (`JWT_SECRET`, HS256), with a token
+//! this test signs.
 
 use platform::proto::product::v1 as pb;
 use platform::proto::product::v1::product_service_client::ProductServiceClient;
@@ -42,6 +43,7 @@ async fn serve_product_on_postgres_behind_serve_gateway() -> TestResult {
         product_dir.path(),
         &[
             ("DATABASE_URL", database.url()),
+            ("FLOTILLA_DISCOVERY", "static"),
             ("JWT_SECRET", SECRET),
             ("FLOTILLA_PRODUCT_GRPC_ADDR", ANY_PORT),
             ("FLOTILLA_PRODUCT_ADMIN_ADDR", ANY_PORT),
@@ -55,12 +57,13 @@ async fn serve_product_on_postgres_behind_serve_gateway() -> TestResult {
     );
 
     let gateway_dir = tempfile::tempdir()?;
-    let endpoint = format!("http://{product_addr}");
+    let endpoint = product_addr.to_string();
     let gateway = Flotilla::serve(
         binary(),
         "gateway",
         gateway_dir.path(),
         &[
+            ("FLOTILLA_DISCOVERY", "static"),
             ("FLOTILLA_PRODUCT_ENDPOINT", endpoint.as_str()),
             ("JWT_SECRET", SECRET),
             ("FLOTILLA_GATEWAY_HTTP_ADDR", ANY_PORT),

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::{AppState, Upstreams, router};
 use platform::auth::{AuthConfig, Claims, KeySource, SigningKey, Verifier};
+use platform::discovery::Discovery;
 use platform::serve::{GrpcServer, ServeConfig};
 use platform::shutdown::Running;
 use serde_json::Value;
@@ -63,9 +64,7 @@ fn keys() -> &'static Keys {
             public.insert(kid.to_owned(), key);
         }
         let config = AuthConfig {
-            keys: KeySource::Jwks {
-                auth_endpoint: "http://127.0.0.1:9".into(),
-            },
+            keys: KeySource::Jwks,
             issuer: "flotilla-auth".into(),
             audience: "flotilla".into(),
             leeway: Duration::from_secs(30),
@@ -108,13 +107,12 @@ fn app_with_deadline(
     product_addr: SocketAddr,
     deadline: Duration,
 ) -> Result<axum::Router, Box<dyn std::error::Error + Send + Sync>> {
-    let channel = gateway::channel(&format!("http://{product_addr}"))?;
-    // Only the product routes are exercised here; the others point at the same channel.
-    let upstreams = Upstreams {
-        product: channel.clone(),
-        user: channel.clone(),
-        auth: channel,
-    };
+    // Only the product routes are exercised here; the others point at the same address.
+    let upstreams = Upstreams::discover(&Discovery::fixed(&[
+        ("product", product_addr),
+        ("user", product_addr),
+        ("auth", product_addr),
+    ]));
     Ok(router(
         AppState::new(upstreams, keys().verifier.clone(), deadline),
         BODY_LIMIT,

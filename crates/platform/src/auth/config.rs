@@ -10,11 +10,9 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Where verification keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// The auth service's published Ed25519 keys (`GetJwks` over gRPC at this endpoint).
-    Jwks {
-        /// The auth service's gRPC endpoint (`FLOTILLA_AUTH_ENDPOINT`).
-        auth_endpoint: String,
-    },
+    /// The auth service's published Ed25519 keys (`GetJwks` over gRPC), the auth service found
+    /// through discovery.
+    Jwks,
     /// A shared HS256 secret (`JWT_SECRET`), the simple mode.
     SharedSecret(Secret),
 }
@@ -33,15 +31,12 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// Reads `JWT_SECRET` (shared-secret mode when set), else `FLOTILLA_AUTH_ENDPOINT`, and the issuer,
+    /// Reads `JWT_SECRET` (shared-secret mode when set; published keys otherwise), and the issuer,
     /// audience and leeway.
     ///
     /// # Errors
     /// A [`ConfigError`] for a secret shorter than 32 bytes or another bad value.
-    pub fn from_settings(
-        settings: &Settings,
-        default_auth_endpoint: &str,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         let keys = match settings.optional_secret("JWT_SECRET")? {
             Some(secret) if secret.expose().len() < MIN_SECRET_BYTES => {
                 return Err(ConfigError::Invalid {
@@ -55,13 +50,7 @@ impl AuthConfig {
                 });
             }
             Some(secret) => KeySource::SharedSecret(secret),
-            None => KeySource::Jwks {
-                auth_endpoint: settings.url(
-                    "FLOTILLA_AUTH_ENDPOINT",
-                    default_auth_endpoint,
-                    &["http", "https"],
-                )?,
-            },
+            None => KeySource::Jwks,
         };
         Ok(Self {
             keys,

@@ -10,9 +10,7 @@ use super::*;
 
 fn config() -> AuthConfig {
     AuthConfig {
-        keys: KeySource::Jwks {
-            auth_endpoint: "http://127.0.0.1:9".into(),
-        },
+        keys: KeySource::Jwks,
         issuer: "flotilla-auth".into(),
         audience: "flotilla".into(),
         leeway: Duration::from_secs(30),
@@ -158,7 +156,7 @@ async fn the_shared_secret_mode_accepts_only_hs256_with_its_secret()
 #[test]
 fn short_secrets_are_refused_at_start() {
     let settings = crate::config::Settings::from_pairs([("JWT_SECRET", "too-short")]);
-    let error = AuthConfig::from_settings(&settings, "http://127.0.0.1:50052")
+    let error = AuthConfig::from_settings(&settings)
         .err()
         .map(|error| error.to_string())
         .unwrap_or_default();
@@ -392,12 +390,14 @@ fn published_verifier(
     timing: super::verifier::FetchTiming,
 ) -> Result<Verifier, AuthError> {
     let config = AuthConfig {
-        keys: KeySource::Jwks {
-            auth_endpoint: format!("http://{addr}"),
-        },
+        keys: KeySource::Jwks,
         ..config()
     };
-    Verifier::with_timing(&config, timing)
+    Ok(Verifier::with_timing(
+        &config,
+        &crate::discovery::Discovery::fixed(&[("auth", addr)]),
+        timing,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,10 +19,11 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 
 use super::claims::Claims;
 use super::config::{AuthConfig, KeySource};
+use crate::discovery::Discovery;
+use crate::discovery::balance::Balanced;
 use crate::proto::auth::v1 as auth_pb;
 use crate::proto::auth::v1::auth_service_client::AuthServiceClient;
 
@@ -90,7 +91,7 @@ enum Keys {
 }
 
 struct PublishedKeys {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<Balanced>,
     cache: RwLock<KeyCache>,
     last_attempt: Mutex<Option<Instant>>,
     timing: FetchTiming,
@@ -125,37 +126,32 @@ impl Default for FetchTiming {
 }
 
 impl Verifier {
-    /// A verifier as `config` says. The auth service is reached lazily, on the first token.
-    ///
-    /// # Errors
-    /// [`AuthError::KeysUnavailable`] when the auth endpoint is not a valid URI.
-    pub fn new(config: &AuthConfig) -> Result<Self, AuthError> {
-        Self::with_timing(config, FetchTiming::default())
+    /// A verifier as `config` says. With published keys, the auth service is found through
+    /// `discovery` and reached lazily, on the first token.
+    pub fn new(config: &AuthConfig, discovery: &Discovery) -> Self {
+        Self::with_timing(config, discovery, FetchTiming::default())
     }
 
-    pub(crate) fn with_timing(config: &AuthConfig, timing: FetchTiming) -> Result<Self, AuthError> {
+    pub(crate) fn with_timing(
+        config: &AuthConfig,
+        discovery: &Discovery,
+        timing: FetchTiming,
+    ) -> Self {
         let keys = match &config.keys {
             KeySource::SharedSecret(secret) => {
-                return Ok(Self::with_secret(config, secret.expose().as_bytes()));
+                return Self::with_secret(config, secret.expose().as_bytes());
             }
-            KeySource::Jwks { auth_endpoint } => {
-                let channel = Endpoint::from_shared(auth_endpoint.clone())
-                    .map_err(|_| AuthError::KeysUnavailable)?
-                    .connect_timeout(JWKS_TIMEOUT)
-                    .timeout(JWKS_TIMEOUT)
-                    .connect_lazy();
-                Keys::Published(Arc::new(PublishedKeys {
-                    client: AuthServiceClient::new(channel),
-                    cache: RwLock::new(KeyCache::default()),
-                    last_attempt: Mutex::new(None),
-                    timing,
-                }))
-            }
+            KeySource::Jwks => Keys::Published(Arc::new(PublishedKeys {
+                client: AuthServiceClient::new(discovery.channel("auth")),
+                cache: RwLock::new(KeyCache::default()),
+                last_attempt: Mutex::new(None),
+                timing,
+            })),
         };
-        Ok(Self {
+        Self {
             keys,
             validation: validation(config, Algorithm::EdDSA),
-        })
+        }
     }
 
     /// A verifier of HS256 tokens signed with `secret`.
@@ -226,11 +222,11 @@ impl PublishedKeys {
             return Ok(());
         }
         *last_attempt = Some(Instant::now());
-        let response = self
-            .client
-            .clone()
-            .get_jwks(auth_pb::GetJwksRequest {})
+        let mut request = tonic::Request::new(auth_pb::GetJwksRequest {});
+        request.set_timeout(JWKS_TIMEOUT);
+        let response = tokio::time::timeout(JWKS_TIMEOUT, self.client.clone().get_jwks(request))
             .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("fetching the JWKS timed out")))
             .map_err(|status| {
                 tracing::warn!(code = ?status.code(), message = status.message(), "fetching the JWKS failed; keeping the keys fetched before");
                 AuthError::KeysUnavailable

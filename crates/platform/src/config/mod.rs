@@ -319,6 +319,42 @@ impl Settings {
         .map(|IpList(addresses)| addresses)
     }
 
+    /// An optional IP address, such as the address a service advertises to discovery: `None` when
+    /// unset.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when set to anything but one IP address.
+    pub fn optional_ip(&self, name: &str) -> Result<Option<IpAddr>, ConfigError> {
+        self.parse_or(
+            name,
+            None,
+            "one IP address, such as 10.0.0.7 or fd00::7",
+            |value| value.parse::<IpAddr>().ok().map(Some),
+        )
+    }
+
+    /// A comma-separated list of `host:port` addresses (an `http://` prefix is accepted and
+    /// dropped), such as the fixed instances of a service; host names are kept for the caller to
+    /// resolve.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when an entry has no port, a bad port, or another scheme.
+    pub fn host_ports(&self, name: &str, default: &[&str]) -> Result<Vec<String>, ConfigError> {
+        self.parse_or(
+            name,
+            HostPorts(default.iter().map(|entry| (*entry).to_owned()).collect()),
+            "comma-separated HOST:PORT addresses, such as 10.0.0.7:50053,product-2:50053",
+            |value| {
+                value
+                    .split(',')
+                    .map(|entry| host_port(entry.trim()))
+                    .collect::<Option<Vec<_>>>()
+                    .map(HostPorts)
+            },
+        )
+        .map(|HostPorts(entries)| entries)
+    }
+
     /// A whole number of at least 1, such as a connection count.
     ///
     /// # Errors
@@ -447,6 +483,33 @@ impl Shown<String> for IpList {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+impl Shown<String> for Option<IpAddr> {
+    fn shown(&self) -> String {
+        self.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+}
+
+struct HostPorts(Vec<String>);
+
+impl Shown<String> for HostPorts {
+    fn shown(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+/// `host:port` (or `[v6]:port`, or either after `http://`), with a port from 1 to 65535.
+fn host_port(entry: &str) -> Option<String> {
+    let entry = entry.strip_prefix("http://").unwrap_or(entry);
+    let entry = entry.strip_suffix('/').unwrap_or(entry);
+    if entry.contains("://") || entry.contains('/') {
+        return None;
+    }
+    let (host, port) = entry.rsplit_once(':')?;
+    let valid_host =
+        !host.is_empty() && (host.starts_with('[') && host.ends_with(']') || !host.contains(':'));
+    (valid_host && port.parse::<u16>().is_ok_and(|port| port > 0)).then(|| entry.to_owned())
 }
 
 impl Shown<u32> for u32 {

@@ -258,3 +258,54 @@ fn ip_lists_are_parsed_or_refused_by_entry() {
         .map(|s| s.value);
     assert_eq!(shown.as_deref(), Some("10.0.0.2, ::1"));
 }
+
+#[test]
+fn host_port_lists_keep_names_and_refuse_what_has_no_port() {
+    let settings = Settings::from_pairs([
+        ("GOOD", "http://10.0.0.2:50053, product-2:50053,[::1]:7"),
+        ("NO_PORT", "product"),
+        ("HTTPS", "https://product:443"),
+        ("PATH", "product:50053/x"),
+        ("ZERO", "product:0"),
+    ]);
+    assert_eq!(
+        settings.host_ports("GOOD", &[]).ok(),
+        Some(vec![
+            "10.0.0.2:50053".to_owned(),
+            "product-2:50053".to_owned(),
+            "[::1]:7".to_owned()
+        ])
+    );
+    for bad in ["NO_PORT", "HTTPS", "PATH", "ZERO"] {
+        let error = settings
+            .host_ports(bad, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains(bad) && error.contains("HOST:PORT"),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        settings.host_ports("UNSET", &["127.0.0.1:50053"]).ok(),
+        Some(vec!["127.0.0.1:50053".to_owned()])
+    );
+}
+
+#[test]
+fn optional_ips_are_none_when_unset_and_refused_when_not_an_address() {
+    let settings = Settings::from_pairs([("GOOD", "10.0.0.7"), ("BAD", "my-host")]);
+    assert_eq!(
+        settings.optional_ip("GOOD").ok(),
+        Some(Some([10, 0, 0, 7].into()))
+    );
+    assert_eq!(settings.optional_ip("UNSET").ok(), Some(None));
+    assert!(settings.optional_ip("BAD").is_err());
+    let shown = settings
+        .effective()
+        .into_iter()
+        .find(|s| s.name == "UNSET")
+        .map(|s| s.value);
+    assert_eq!(shown.as_deref(), Some("(not set)"));
+}

@@ -18,13 +18,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::backoff::backoff;
 use super::{DiscoveryError, Instance, InstanceStream, Registration, Registry, RegistryFuture};
 use crate::config::{ConfigError, Secret, Settings};
 
-/// Shortest wait after a failed call.
-pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest wait after failed calls.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+pub use super::backoff::{MAX_BACKOFF, MIN_BACKOFF};
 /// How long one blocking query waits for a change (the registry adds up to 1/16 of jitter).
 pub const BLOCKING_WAIT: Duration = Duration::from_secs(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -251,19 +249,6 @@ impl WatchState {
     }
 }
 
-/// Exponential back-off with full jitter: a random wait up to min(MAX, MIN · 2^(failures-1)).
-fn backoff(failures: u32) -> Duration {
-    let ceiling = MIN_BACKOFF
-        .saturating_mul(1_u32 << failures.saturating_sub(1).min(10))
-        .min(MAX_BACKOFF);
-    let mut byte = [0_u8; 2];
-    let fraction = match getrandom::fill(&mut byte) {
-        Ok(()) => f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX),
-        Err(_) => 1.0,
-    };
-    ceiling.mul_f64(fraction).max(MIN_BACKOFF / 2)
-}
-
 /// A Go-style duration, as Consul parses them ("10s", "500ms").
 fn go_duration(duration: Duration) -> String {
     if duration.subsec_millis() == 0 {
@@ -423,17 +408,6 @@ mod tests {
         assert_eq!(instances[1].addr, SocketAddr::from(([10, 0, 0, 8], 50054)));
         assert_eq!(instances[1].tags, vec!["a".to_owned()]);
         Ok(())
-    }
-
-    #[test]
-    fn backoff_grows_to_its_ceiling_and_never_below_half_the_floor() {
-        for failures in 1..20 {
-            let wait = backoff(failures);
-            assert!(
-                wait >= MIN_BACKOFF / 2 && wait <= MAX_BACKOFF,
-                "{failures}: {wait:?}"
-            );
-        }
     }
 
     #[test]

@@ -1,25 +1,63 @@
-//! The `static` backend: a fixed list of instances per service, from settings. Registration is a
-//! no-op (nobody else learns of the instance); watching yields the fixed list once and then waits
-//! forever. For tests and for setups where addresses are managed elsewhere (a Kubernetes Service
-//! name, say).
+//! The `static` backend: a fixed list of instances per service, from `FLOTILLA_<SERVICE>_ENDPOINT`.
+//! Registering tells nobody; watching yields the fixed list once and then waits forever. For tests
+//! and for setups where addresses are managed elsewhere (a Kubernetes Service name, say): host
+//! names are resolved when a watch starts, and every address they resolve to is one instance.
 
 use std::collections::BTreeMap;
 
 use super::{Instance, InstanceStream, Registration, Registry, RegistryFuture};
+use crate::config::{ConfigError, Settings};
 
-/// Fixed instances by service name.
+/// The services Flotilla's own components call, with the gRPC port each listens on by default.
+pub const FLOTILLA_SERVICES: &[(&str, u16)] =
+    &[("user", 50051), ("auth", 50052), ("product", 50053)];
+
+/// Fixed `host:port` endpoints by service name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticConfig {
+    services: BTreeMap<String, Vec<String>>,
+}
+
+impl StaticConfig {
+    /// Reads `FLOTILLA_USER_ENDPOINT`, `FLOTILLA_AUTH_ENDPOINT` and `FLOTILLA_PRODUCT_ENDPOINT`:
+    /// comma-separated `host:port` lists, each defaulting to the service's port on 127.0.0.1.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for an entry that is not `host:port`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        for (service, port) in FLOTILLA_SERVICES {
+            let variable = format!("FLOTILLA_{}_ENDPOINT", service.to_ascii_uppercase());
+            let default = format!("127.0.0.1:{port}");
+            let endpoints = settings.host_ports(&variable, &[default.as_str()])?;
+            config = config.with_service(service, endpoints);
+        }
+        Ok(config)
+    }
+
+    /// The same, with `service` at `endpoints` (`host:port` each).
+    #[must_use]
+    pub fn with_service(mut self, service: &str, endpoints: Vec<String>) -> Self {
+        self.services.insert(service.to_owned(), endpoints);
+        self
+    }
+
+    /// The endpoints of `service`; none for a service it does not know.
+    pub fn endpoints(&self, service: &str) -> &[String] {
+        self.services.get(service).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A registry that always reports the configured endpoints.
 #[derive(Debug, Clone, Default)]
 pub struct FixedRegistry {
-    services: BTreeMap<String, Vec<Instance>>,
+    config: StaticConfig,
 }
 
 impl FixedRegistry {
-    /// A registry that reports `instances` for `service`.
-    #[must_use]
-    pub fn with_service(mut self, service: &str, mut instances: Vec<Instance>) -> Self {
-        instances.sort();
-        self.services.insert(service.to_owned(), instances);
-        self
+    /// A registry reporting what `config` lists.
+    pub fn new(config: StaticConfig) -> Self {
+        Self { config }
     }
 }
 
@@ -33,12 +71,35 @@ impl Registry for FixedRegistry {
     }
 
     fn watch(&self, service: &str) -> InstanceStream {
-        let instances = self.services.get(service).cloned().unwrap_or_default();
+        let service = service.to_owned();
+        let endpoints = self.config.endpoints(&service).to_vec();
         Box::pin(futures::StreamExt::chain(
-            futures::stream::once(async move { instances }),
+            futures::stream::once(resolve(service, endpoints)),
             futures::stream::pending(),
         ))
     }
+}
+
+/// Every address the endpoints resolve to, as instances; an endpoint that does not resolve is
+/// left out with a warning (the others still serve).
+async fn resolve(service: String, endpoints: Vec<String>) -> Vec<Instance> {
+    let mut instances = Vec::new();
+    for endpoint in endpoints {
+        match tokio::net::lookup_host(endpoint.as_str()).await {
+            Ok(addrs) => instances.extend(addrs.map(|addr| Instance {
+                id: format!("{service}@{addr}"),
+                addr,
+                tags: Vec::new(),
+                meta: BTreeMap::new(),
+            })),
+            Err(error) => {
+                tracing::warn!(%service, %endpoint, %error, "a static endpoint does not resolve");
+            }
+        }
+    }
+    instances.sort();
+    instances.dedup_by(|a, b| a.addr == b.addr);
+    instances
 }
 
 #[cfg(test)]
@@ -48,16 +109,25 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn watching_yields_the_fixed_list_then_nothing() {
-        let instance = Instance {
-            id: "product-1".into(),
-            addr: ([127, 0, 0, 1], 50053).into(),
-            tags: Vec::new(),
-            meta: BTreeMap::new(),
-        };
-        let registry = FixedRegistry::default().with_service("product", vec![instance.clone()]);
+    async fn watching_yields_the_resolved_list_then_nothing() {
+        let config = StaticConfig::default().with_service(
+            "product",
+            vec![
+                "127.0.0.1:50053".into(),
+                "localhost:50054".into(),
+                "no-such-host.invalid:1".into(),
+            ],
+        );
+        let registry = FixedRegistry::new(config);
         let mut watch = registry.watch("product");
-        assert_eq!(watch.next().await, Some(vec![instance]));
+        let instances = watch.next().await.unwrap_or_default();
+        let ports: Vec<u16> = instances.iter().map(|i| i.addr.port()).collect();
+        assert!(
+            ports.contains(&50053) && ports.contains(&50054),
+            "{ports:?}"
+        );
+        assert!(instances.iter().all(|i| i.addr.ip().is_loopback()));
+        assert_eq!(instances[0].id, format!("product@{}", instances[0].addr));
         let next = tokio::time::timeout(std::time::Duration::from_millis(20), watch.next()).await;
         assert!(next.is_err(), "no further change");
         assert_eq!(registry.watch("user").next().await, Some(Vec::new()));

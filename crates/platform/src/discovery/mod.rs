@@ -7,19 +7,30 @@
 //! - [`consul`]: Consul's documented HTTP API (`/v1/agent/service/register`, blocking queries on
 //!   `/v1/health/service/{name}?passing`), which Flotilla's embedded registry also speaks, so one
 //!   machine needs nothing installed and many machines use a real Consul cluster unchanged;
+//! - [`etcd`]: etcd's v3 gRPC API, one leased key per instance under its service's prefix, kept
+//!   alive by the instance and watched by callers (the layout go-zero and Kratos use);
 //! - [`fixed`]: a fixed list of instances, for tests and simple setups.
 //!
 //! Why a hand-written Consul client: the Rust crates found are on hyper 0.14 or only do catalog
 //! registration; the few calls Flotilla needs are small, and their JSON is pinned by contract tests
 //! against Consul's documented payloads (in the registry crate).
 
+pub mod announce;
+mod backoff;
+pub mod balance;
 pub mod consul;
+pub mod etcd;
 pub mod fixed;
+pub mod settings;
+
+pub use announce::{Announcement, Announcer};
+pub use settings::{Backend, DiscoveryConfig, RegistrationConfig};
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -118,4 +129,78 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// Watches a service: the stream yields the healthy instances whenever they change (and once at
     /// the start). It never ends while the registry lives; errors are retried with back-off inside.
     fn watch(&self, service: &str) -> InstanceStream;
+}
+
+/// A component's link to discovery: the registry its settings name, shared by the channels it
+/// opens to other services and by the announcement of its own instances.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    registry: Arc<dyn Registry>,
+    registration: RegistrationConfig,
+    /// Whether registering tells anyone (not with the `static` backend).
+    announces: bool,
+}
+
+impl Discovery {
+    /// A client of the registry `config` names. Nothing is contacted yet: watches and
+    /// registrations retry until the registry answers.
+    ///
+    /// # Errors
+    /// [`DiscoveryError::Unreachable`] when the backend's client cannot be built.
+    pub fn connect(config: &DiscoveryConfig) -> Result<Self, DiscoveryError> {
+        let (registry, announces): (Arc<dyn Registry>, bool) = match &config.backend {
+            Backend::Consul(consul) => {
+                (Arc::new(consul::ConsulRegistry::new(consul.clone())?), true)
+            }
+            Backend::Etcd(etcd) => (Arc::new(etcd::EtcdRegistry::new(etcd.clone())?), true),
+            Backend::Static(fixed) => (Arc::new(fixed::FixedRegistry::new(fixed.clone())), false),
+        };
+        Ok(Self {
+            registry,
+            registration: config.registration.clone(),
+            announces,
+        })
+    }
+
+    /// Discovery through a registry built elsewhere (tests, or a process sharing one client).
+    pub fn with_registry(registry: Arc<dyn Registry>, registration: RegistrationConfig) -> Self {
+        Self {
+            registry,
+            registration,
+            announces: true,
+        }
+    }
+
+    /// Discovery that finds each named service at one fixed address and registers nowhere: for
+    /// tests and single-instance setups.
+    pub fn fixed(services: &[(&str, SocketAddr)]) -> Self {
+        let config = services
+            .iter()
+            .fold(fixed::StaticConfig::default(), |config, (service, addr)| {
+                config.with_service(service, vec![addr.to_string()])
+            });
+        Self {
+            registry: Arc::new(fixed::FixedRegistry::new(config)),
+            registration: RegistrationConfig::default(),
+            announces: false,
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// A load-balanced channel to the healthy instances of `service`, following the registry.
+    /// Needs a tokio runtime (it starts the watch).
+    pub fn channel(&self, service: &str) -> balance::Balanced {
+        balance::Balanced::new(service, self.registry.watch(service))
+    }
+
+    /// What registers this component's servers; `None` when registering would tell nobody (the
+    /// `static` backend), so shutdown does not wait for callers to notice a deregistration.
+    pub fn announcer(&self) -> Option<Announcer> {
+        self.announces
+            .then(|| Announcer::new(Arc::clone(&self.registry), self.registration.clone()))
+    }
 }

@@ -7,6 +7,7 @@
 //! real time, through blocking queries (which return as soon as something changes), with a stated
 //! patience ([`PATIENCE`]).
 
+mod backend_contract;
 mod blocking;
 mod checks;
 mod contract;

@@ -1,0 +1,273 @@
+//! One instance as the balancer holds it: its tonic `Channel` (one HTTP/2 connection), its load
+//! estimate, its in-flight count and its failure record.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::ejection::{BackoffPolicy, Ejection};
+use super::ewma::{PeakEwma, cost};
+use super::pick::Candidate;
+use super::{BalanceOptions, EndpointSnapshot};
+use crate::discovery::Instance;
+
+/// One instance of the service.
+#[derive(Debug)]
+pub(super) struct Endpoint {
+    /// The instance's id in discovery.
+    pub(super) id: String,
+    /// Where it listens.
+    pub(super) addr: SocketAddr,
+    /// How to open a connection to it (timeouts and keep-alive included).
+    config: tonic::transport::Endpoint,
+    /// Cancelled when discovery no longer lists the instance, or the balancer is dropped: ends
+    /// its warm-up and probes.
+    pub(super) removed: CancellationToken,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    channel: Channel,
+    /// Bumped whenever `channel` is replaced, so the failure of a call sent on a connection that
+    /// is already gone does not eject the fresh one.
+    generation: u64,
+    latency: PeakEwma,
+    in_flight: usize,
+    last_picked: Option<Instant>,
+    calls_started: u64,
+    ejection: Ejection,
+}
+
+impl Endpoint {
+    /// An endpoint for `instance` whose connection is opened by the first call (or by a warm-up).
+    ///
+    /// # Errors
+    /// When the address does not make a URI (it always does for a socket address).
+    pub(super) fn new(
+        instance: &Instance,
+        options: &BalanceOptions,
+        initial_latency: Duration,
+        now: Instant,
+        removed: CancellationToken,
+    ) -> Result<Self, tonic::transport::Error> {
+        let config = tonic::transport::Endpoint::from_shared(format!("http://{}", instance.addr))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(options.keep_alive_interval)
+            .keep_alive_timeout(options.keep_alive_timeout)
+            .keep_alive_while_idle(true);
+        let channel = config.connect_lazy();
+        Ok(Self {
+            id: instance.id.clone(),
+            addr: instance.addr,
+            config,
+            removed,
+            state: Mutex::new(State {
+                channel,
+                generation: 0,
+                latency: PeakEwma::new(initial_latency, now),
+                in_flight: 0,
+                last_picked: None,
+                calls_started: 0,
+                ejection: Ejection::default(),
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent at every step; a panic elsewhere cannot leave it half-made.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a connection now, bounded by twice the connect timeout (TCP, then the HTTP/2
+    /// preface).
+    pub(super) async fn connect(&self, connect_timeout: Duration) -> Result<Channel, String> {
+        let patience = connect_timeout.saturating_mul(2);
+        match tokio::time::timeout(patience, self.config.connect()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(error)) => Err(describe(&error)),
+            Err(_) => Err(format!(
+                "no connection within {}",
+                humantime::format_duration(patience)
+            )),
+        }
+    }
+
+    /// What the picker compares.
+    pub(super) fn candidate(&self) -> Candidate {
+        let state = self.state();
+        Candidate {
+            cost: cost(state.latency.estimate(), state.in_flight),
+            ejected: state.ejection.is_ejected(),
+            last_picked: state.last_picked,
+        }
+    }
+
+    /// The latency estimate, or `None` while ejected (a broken endpoint's estimate says nothing
+    /// about what a new one should start at).
+    pub(super) fn healthy_estimate(&self) -> Option<Duration> {
+        let state = self.state();
+        (!state.ejection.is_ejected()).then(|| state.latency.estimate())
+    }
+
+    /// Counts a call as started on this endpoint and hands out the channel to send it on.
+    pub(super) fn start_call(self: &Arc<Self>, now: Instant) -> (Channel, CallGuard) {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.calls_started += 1;
+        state.last_picked = Some(now);
+        let guard = CallGuard {
+            endpoint: Arc::clone(self),
+            sent_at: now,
+            generation: state.generation,
+            settled: false,
+        };
+        (state.channel.clone(), guard)
+    }
+
+    /// The call answered (its response headers arrived) at `now`.
+    pub(super) fn succeeded(&self, guard: &mut CallGuard, now: Instant, decay: Duration) {
+        guard.settled = true;
+        let mut state = self.state();
+        let sample = now.saturating_duration_since(guard.sent_at);
+        state.latency.observe(sample, now, decay);
+        state.ejection.record_success();
+    }
+
+    /// Something failed at the transport level at `now` (a call whose channel is `generation`, or
+    /// a warm-up). Returns for how long the endpoint is now ejected, or `None` when it is ejected
+    /// already or the failure belongs to a connection that has been replaced since.
+    pub(super) fn failed(
+        &self,
+        generation: u64,
+        now: Instant,
+        error: String,
+        policy: &BackoffPolicy,
+        fraction: f64,
+    ) -> Option<Duration> {
+        let mut state = self.state();
+        state.ejection.record_failure(now, error);
+        if generation != state.generation {
+            return None;
+        }
+        state.ejection.eject(now, policy, fraction)
+    }
+
+    /// When the current ejection ends, if ejected.
+    pub(super) fn ejected_until(&self) -> Option<Instant> {
+        self.state().ejection.until()
+    }
+
+    /// The probe at the end of an ejection failed: eject again, for longer.
+    pub(super) fn probe_failed(
+        &self,
+        now: Instant,
+        error: String,
+        policy: &BackoffPolicy,
+        fraction: f64,
+    ) -> Duration {
+        let mut state = self.state();
+        state.ejection.record_failure(now, error);
+        state.ejection.extend(now, policy, fraction)
+    }
+
+    /// The probe connected: calls go out on its connection from now on.
+    pub(super) fn restore(&self, channel: Channel) {
+        let mut state = self.state();
+        state.channel = channel;
+        state.generation += 1;
+        state.ejection.restore();
+    }
+
+    /// The warm-up connected: use its connection unless calls already went out on the lazy
+    /// channel (which then has a connection of its own).
+    pub(super) fn adopt_if_unused(&self, channel: Channel) {
+        let mut state = self.state();
+        if state.calls_started == 0 {
+            state.channel = channel;
+            state.generation += 1;
+        }
+    }
+
+    /// The last failure and when it happened.
+    pub(super) fn last_error(&self) -> Option<(Instant, String)> {
+        self.state().ejection.last_error().cloned()
+    }
+
+    /// Calls in flight.
+    pub(super) fn in_flight(&self) -> usize {
+        self.state().in_flight
+    }
+
+    /// What the picker sees now.
+    pub(super) fn snapshot(&self) -> EndpointSnapshot {
+        let state = self.state();
+        EndpointSnapshot {
+            id: self.id.clone(),
+            addr: self.addr,
+            in_flight: state.in_flight,
+            latency: state.latency.estimate(),
+            ejected_until: state.ejection.until(),
+            consecutive_failures: state.ejection.consecutive_failures(),
+        }
+    }
+}
+
+/// One call counted in flight on an endpoint, from the pick until its response body ends; it
+/// travels from the call's future into the response body.
+#[derive(Debug)]
+pub(super) struct CallGuard {
+    endpoint: Arc<Endpoint>,
+    sent_at: Instant,
+    generation: u64,
+    /// Whether the call's outcome (an answer, or a transport failure) has been recorded.
+    settled: bool,
+}
+
+impl CallGuard {
+    /// The connection generation the call went out on.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The outcome has been recorded elsewhere (a transport failure): dropping only releases the
+    /// in-flight count.
+    pub(super) fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let mut state = self.endpoint.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if !self.settled {
+            // Given up on before it answered (cancelled, or past its deadline): it took at least
+            // this long.
+            let waited = now.saturating_duration_since(self.sent_at);
+            state.latency.observe_at_least(waited, now);
+        }
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost` (tonic's transport errors say only
+/// "transport error" at the top).
+pub(super) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
