@@ -65,6 +65,28 @@ async fn up_serves_products_over_http_and_health_and_reflection_over_grpc() -> T
         200
     );
 
+    // Every service registered itself in the embedded registry, at the address it listens on.
+    let registry = flotilla.addr("registry", "http");
+    for service in ["user", "auth", "product"] {
+        let passing: serde_json::Value = http
+            .get(format!(
+                "http://{registry}/v1/health/service/{service}?passing"
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let listens = flotilla.addr(service, "grpc");
+        assert_eq!(
+            (
+                passing[0]["Service"]["Port"].as_u64(),
+                passing.as_array().map(Vec::len)
+            ),
+            (Some(u64::from(listens.port())), Some(1)),
+            "{service}: {passing}"
+        );
+    }
+
     let channel = grpc_channel(product).await?;
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "flotilla.product.v1.ProductService"] {
