@@ -22,6 +22,10 @@
 //! - **Discovery.** A task follows the stream (each item is the whole healthy set) and adds and
 //!   removes endpoints live; a removed one is never picked again, while calls already on it finish
 //!   on their own clone of its channel. The task ends when the last clone of [`Balanced`] drops.
+//!   Until the first answer, calls wait for it, all until one deadline,
+//!   [`BalanceOptions::first_answer_timeout`] after the channel was made (a dead registry costs
+//!   each call at most what is left of it, not a full wait each); a stream that ends before
+//!   answering fails calls at once.
 //! - **Connections.** One tonic `Channel` (one HTTP/2 connection) per instance, built with
 //!   `connect_lazy` so nothing blocks, and connected at once in the background when the instance
 //!   appears so its first call does not pay the handshake. Timeouts and keep-alive are in
@@ -31,27 +35,46 @@
 //!   so a server stream keeps its instance busy. Cost = `latency × (in_flight + 1)`.
 //! - **Picking** (`balance/pick.rs`). Two random non-ejected endpoints, the cheaper wins; one not
 //!   picked for a second is picked anyway (go-zero's `forcePick`), and a new endpoint starts at
-//!   the mean estimate of the others, so a new instance gets calls at once.
-//! - **Ejection** (`balance/ejection.rs`). A call that fails at the transport level (refused,
-//!   reset, connect timeout, HTTP/2 or keep-alive failure: the channel's future returned an
-//!   error) ejects its instance at once, before discovery notices. At the end of the back-off
-//!   (1 s, doubling to 60 s, with jitter) a probe opens a new connection in the background: if it
-//!   connects, the instance returns to the picker on that connection; if not, it stays out for
-//!   the next back-off. Calls are never the probe (as in gRPC, whose pickers only use connected
-//!   subchannels and reconnect with back-off), so once an instance is ejected no further call
-//!   fails on it. A successful call resets the back-off; an instance that accepts connections
-//!   but keeps failing calls is ejected for longer each time. gRPC errors that arrive as a
-//!   response (`grpc-status` in the trailers) are the server's answer, not an ejection.
+//!   the mean estimate of the others, so a new instance gets calls at once. A pick reads the
+//!   endpoint list through a read lock (only discovery's updates write it, and they build new
+//!   endpoints before taking it) and locks the two endpoints drawn, not every one.
+//! - **Ejection and probes** (`balance/ejection.rs`). A call that fails at the transport level
+//!   (refused, reset, connect timeout, HTTP/2 or keep-alive failure: the channel's future returned
+//!   an error) ejects its instance at once, before discovery notices, and a probe opens a new
+//!   connection in the background at once: a connection reset by a restart or a proxy is usually
+//!   over by then, and the instance returns to the picker on the new connection. Only failed
+//!   probes back off (1 s, doubling to 60 s, with jitter), as gRPC's connection back-off does.
+//!   Calls are never the probe (as in gRPC, whose pickers only use connected subchannels), so
+//!   once an instance is ejected no further call fails on it. Only a successful call on the
+//!   probe's connection clears the record; an instance that accepts connections but keeps failing
+//!   calls is first probed one step further along the back-off each time. One probe task per
+//!   instance at a time; a pick that meets an ejected instance whose probe died or is long
+//!   overdue starts a new one. gRPC errors that arrive as a response (`grpc-status` in the
+//!   trailers) are the server's answer, not an ejection.
+//! - **Every instance ejected.** A call then waits for a probe to succeed, up to
+//!   [`BalanceOptions::connect_timeout`] and never past its own deadline, and fails `UNAVAILABLE`
+//!   if none does (at once when no probe can end in time). While calls wait, an instance's next
+//!   probe is brought forward to one base back-off after its last, so an instance that was out
+//!   for minutes is found within a second of its return rather than at the end of a 60 s
+//!   back-off, and a waiting client probes at most once per base back-off. Envoy's alternative,
+//!   panic routing (send to all hosts when too many are ejected), suits hosts ejected by health
+//!   statistics that may still answer; ours are ejected because their connection failed, so a
+//!   call sent there would only be a probe that fails in the caller's face.
 //! - **Our own failures** are a `tonic::Status` in the `BoxError`, which tonic's client recovers
 //!   with `Status::from_error`: `UNAVAILABLE` with the service's name when discovery lists no
-//!   instance, when it has not answered yet, when every instance is ejected, and when the
-//!   instance a call went to failed at the transport level (the instance's address and the cause
-//!   in the message; tonic alone would say `Unknown` or `Cancelled` for a connection lost
-//!   mid-call). A call past its own deadline keeps tonic's code.
+//!   instance, when it has not answered in time or stopped before answering, when every instance
+//!   stays ejected, and when the instance a call went to failed at the transport level (the
+//!   instance's address and the cause in the message; tonic alone would say `Unknown` or
+//!   `Cancelled` for a connection lost mid-call); `DEADLINE_EXCEEDED` when the call's own
+//!   deadline (its `grpc-timeout`, from `Request::set_timeout`) passes while it waits here, as
+//!   gRPC reports a call whose deadline passes while it waits for a connection. A call that
+//!   waited here reaches its channel with what is left of its deadline; one past its deadline
+//!   there keeps tonic's code.
 //!
 //! TLS is not configured here: Flotilla's services speak plain HTTP/2 inside the deployment.
 
 mod body;
+mod deadline;
 mod ejection;
 mod endpoint;
 mod ewma;
@@ -63,7 +86,7 @@ mod tests;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,11 +96,12 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 use tonic::body::Body;
+use tonic::transport::Channel;
 use tower::{BoxError, Service, ServiceExt};
 
 use self::body::InFlightBody;
 use self::ejection::BackoffPolicy;
-use self::endpoint::{CallGuard, Endpoint, describe};
+use self::endpoint::{CallGuard, Endpoint, ProbeTicket, describe};
 use super::{Instance, InstanceStream};
 
 /// How [`Balanced`] connects, estimates and ejects. Every field has a default chosen for
@@ -87,6 +111,7 @@ pub struct BalanceOptions {
     /// How long opening a TCP connection may take (default 1 s). A handshake inside one network
     /// takes well under a millisecond; waiting longer only delays the failure while other
     /// instances could serve, and a failed connect ejects the instance. linkerd2-proxy's default.
+    /// Also how long a call waits for a probe when every instance is ejected.
     pub connect_timeout: Duration,
     /// How often an HTTP/2 PING goes out on each connection, even with no call on it (default
     /// 10 s). A peer that stops answering without closing the connection (host down, network
@@ -109,16 +134,19 @@ pub struct BalanceOptions {
     /// whatever its cost (default 1 s, go-zero's `forcePick`): new and recovered instances get
     /// calls at once and stale estimates get refreshed.
     pub force_pick_after: Duration,
-    /// The first ejection after a transport failure (default 1 s).
+    /// The back-off after an ejected instance's first failed probe (default 1 s), doubling with
+    /// each further one; also the shortest time between two probes of one instance when calls
+    /// waiting for it bring a probe forward.
     pub ejection_base: Duration,
-    /// The longest ejection (default 60 s); each failed probe doubles the back-off up to it.
+    /// The longest back-off between two probes (default 60 s).
     pub ejection_max: Duration,
-    /// By how much, as a fraction in `[0, 1]`, an ejection is randomly shortened (default 0.2),
+    /// By how much, as a fraction in `[0, 1]`, a back-off is randomly shortened (default 0.2),
     /// so clients that saw the same failure do not all probe at once.
     pub ejection_jitter: f64,
-    /// How long a call waits for discovery's first answer before failing (default 5 s): long
-    /// enough for a registry to answer at start-up, short enough that a wrong registry address
-    /// shows up as an error rather than a hang.
+    /// How long after the channel is made calls wait for discovery's first answer before failing
+    /// (default 5 s; one deadline for all calls, each also bounded by its own): long enough for a
+    /// registry to answer at start-up, short enough that a wrong registry address shows up as an
+    /// error rather than a hang.
     pub first_answer_timeout: Duration,
     /// Whether a new instance is connected to at once, in the background (default true), so its
     /// first call does not pay the handshake and a refusing instance is ejected before any call.
@@ -151,6 +179,14 @@ impl BalanceOptions {
             jitter: self.ejection_jitter,
         }
     }
+
+    /// How long past its due time a probe attempt may be without a sign of life before another
+    /// probe replaces it: an attempt takes at most twice the connect timeout.
+    fn stale_probe_after(&self) -> Duration {
+        self.connect_timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1))
+    }
 }
 
 /// One instance as the picker sees it at one moment.
@@ -164,9 +200,10 @@ pub struct EndpointSnapshot {
     pub in_flight: usize,
     /// The peak-EWMA latency estimate.
     pub latency: Duration,
-    /// Until when the instance is ejected (it is then probed), if it is.
+    /// While the instance is ejected: when its next probe is due (past while one is connecting);
+    /// `None` while it is in the picker.
     pub ejected_until: Option<Instant>,
-    /// Failed calls (and probes) since its last successful call.
+    /// Failed calls and probes since its last successful call.
     pub consecutive_failures: u32,
 }
 
@@ -177,13 +214,16 @@ pub struct EndpointSnapshot {
 /// # Errors
 /// A call fails with a `tonic::Status` of code `UNAVAILABLE` whose message names the service
 /// when discovery lists no instance, when discovery has not answered within
-/// [`BalanceOptions::first_answer_timeout`], when every known instance is ejected (with their
-/// number and the last error), and when the chosen instance failed at the transport level (with
-/// its id, address and the cause). A call past its own deadline fails as tonic reports it.
+/// [`BalanceOptions::first_answer_timeout`] of the channel's creation or stopped before
+/// answering, when every known instance is ejected and no probe brings one back within
+/// [`BalanceOptions::connect_timeout`] (with their number and the last error), and when the
+/// chosen instance failed at the transport level (with its id, address and the cause). A call
+/// whose own deadline passes while it waits for discovery or a probe fails `DEADLINE_EXCEEDED`;
+/// one past its deadline on the instance fails as tonic reports it.
 #[derive(Debug, Clone)]
 pub struct Balanced {
     shared: Arc<Shared>,
-    /// Stops the discovery task when the last clone goes.
+    /// Stops the discovery task, warm-ups and probes when the last clone goes.
     _follower: Arc<DropGuard>,
 }
 
@@ -207,11 +247,14 @@ impl Balanced {
     /// Outside a tokio runtime.
     pub fn with_options(service: &str, instances: InstanceStream, options: BalanceOptions) -> Self {
         let stop = CancellationToken::new();
+        let created_at = Instant::now();
         let shared = Arc::new(Shared {
             service: service.to_owned(),
+            first_answer_by: later(created_at, options.first_answer_timeout),
             options,
-            endpoints: Mutex::new(Vec::new()),
-            answered: watch::Sender::new(false),
+            endpoints: RwLock::new(Arc::from(Vec::new())),
+            discovery: watch::Sender::new(Discovery::Waiting),
+            changes: watch::Sender::new(0),
             random: pick::Random::from_entropy(),
             stop: stop.clone(),
         });
@@ -254,34 +297,86 @@ impl Service<http::Request<Body>> for Balanced {
     }
 }
 
+/// Where discovery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discovery {
+    /// No answer yet.
+    Waiting,
+    /// At least one answer.
+    Answered,
+    /// The stream ended before its first answer.
+    Stopped,
+}
+
+/// Why no endpoint was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoPick {
+    /// Discovery lists none.
+    Empty,
+    /// Every one listed is ejected.
+    AllEjected,
+}
+
+/// The endpoint a call goes to, the channel it goes on, and its in-flight count.
+type Picked = (Arc<Endpoint>, Channel, CallGuard);
+
 /// What every clone of a [`Balanced`], its discovery task and its probes share.
 #[derive(Debug)]
 struct Shared {
     service: String,
     options: BalanceOptions,
-    /// Sorted by id, so snapshots and logs list instances in a stable order.
-    endpoints: Mutex<Vec<Arc<Endpoint>>>,
-    /// Whether discovery has answered at least once.
-    answered: watch::Sender<bool>,
+    /// When calls stop waiting for discovery's first answer.
+    first_answer_by: Instant,
+    /// Sorted by id, so snapshots and logs list instances in a stable order. Replaced whole by
+    /// each update (only the discovery task writes it); a pick clones the `Arc` and lets go.
+    endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    discovery: watch::Sender<Discovery>,
+    /// Bumped when a probe ends an attempt or discovery changes the set: calls waiting with
+    /// every instance ejected look again.
+    changes: watch::Sender<u64>,
     random: pick::Random,
     /// Cancelled when the last [`Balanced`] goes: ends the discovery task, warm-ups and probes.
     stop: CancellationToken,
 }
 
 impl Shared {
-    fn endpoints(&self) -> MutexGuard<'_, Vec<Arc<Endpoint>>> {
+    fn endpoints(&self) -> Arc<[Arc<Endpoint>]> {
         // Every update replaces the list whole; a panic elsewhere cannot leave it half-made.
-        self.endpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let endpoints = self
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&endpoints)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     async fn dispatch(
         self: Arc<Self>,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, BoxError> {
-        self.first_answer().await?;
-        let (endpoint, mut channel, mut guard) = self.pick()?;
+        let deadline =
+            deadline::timeout(request.headers()).map(|timeout| later(Instant::now(), timeout));
+        let mut waited = false;
+        if *self.discovery.borrow() != Discovery::Answered {
+            self.first_answer(deadline).await?;
+            waited = true;
+        }
+        let (endpoint, mut channel, mut guard) = match self.pick(Instant::now()) {
+            Ok(picked) => picked,
+            Err(NoPick::Empty) => return Err(self.no_instance().into()),
+            Err(NoPick::AllEjected) => {
+                waited = true;
+                self.wait_for_a_probe(deadline).await?
+            }
+        };
+        if waited && let Some(deadline) = deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            deadline::set_timeout(request.headers_mut(), remaining);
+        }
         let outcome = match channel.ready().await {
             Ok(ready) => ready.call(request).await,
             Err(error) => Err(error),
@@ -309,47 +404,119 @@ impl Shared {
         }
     }
 
-    /// Waits for discovery's first answer, up to `first_answer_timeout`.
-    async fn first_answer(&self) -> Result<(), Status> {
-        if *self.answered.borrow() {
-            return Ok(());
-        }
-        let mut answered = self.answered.subscribe();
-        let patience = self.options.first_answer_timeout;
-        let waited = tokio::time::timeout(patience, answered.wait_for(|answered| *answered)).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Status::unavailable(format!(
-                "discovery has not answered for {} yet (waited {})",
+    /// Waits for discovery's first answer, until `first_answer_by` or the call's `deadline`.
+    async fn first_answer(&self, deadline: Option<Instant>) -> Result<(), Status> {
+        let (until, by_deadline) = earlier(self.first_answer_by, deadline);
+        let mut discovery = self.discovery.subscribe();
+        let answer = tokio::time::timeout_at(
+            until,
+            discovery.wait_for(|state| *state != Discovery::Waiting),
+        )
+        .await;
+        match answer.map(|state| state.map(|state| *state)) {
+            Ok(Ok(Discovery::Answered)) => Ok(()),
+            // The sender lives in `self`: only `Stopped` gets here.
+            Ok(_) => Err(self.discovery_stopped()),
+            Err(_) if by_deadline => Err(Status::deadline_exceeded(format!(
+                "the call's deadline passed while waiting for discovery's first answer for {}",
+                self.service
+            ))),
+            Err(_) => Err(Status::unavailable(format!(
+                "discovery has not answered for {} within {} of the channel's creation",
                 self.service,
-                humantime::format_duration(patience)
+                humantime::format_duration(self.options.first_answer_timeout)
             ))),
         }
     }
 
-    /// Chooses the endpoint for one call and counts the call on it.
-    fn pick(&self) -> Result<(Arc<Endpoint>, tonic::transport::Channel, CallGuard), Status> {
-        let now = Instant::now();
+    fn discovery_stopped(&self) -> Status {
+        Status::unavailable(format!(
+            "discovery for {} stopped before listing any instance",
+            self.service
+        ))
+    }
+
+    fn no_instance(&self) -> Status {
+        Status::unavailable(format!("no healthy instance of {}", self.service))
+    }
+
+    /// Chooses the endpoint for one call and counts the call on it. Makes sure every ejected
+    /// endpoint it looks at has a probe.
+    fn pick(self: &Arc<Self>, now: Instant) -> Result<Picked, NoPick> {
         let endpoints = self.endpoints();
-        if endpoints.is_empty() {
-            return Err(Status::unavailable(format!(
-                "no healthy instance of {}",
-                self.service
-            )));
-        }
-        let candidates: Vec<pick::Candidate> = endpoints
-            .iter()
-            .map(|endpoint| endpoint.candidate())
-            .collect();
-        let random = [self.random.next_u64(), self.random.next_u64()];
-        match pick::choose(&candidates, random, now, self.options.force_pick_after) {
+        let chosen = pick::choose(
+            endpoints.len(),
+            || self.random.next_u64(),
+            |index| {
+                let endpoint = &endpoints[index];
+                let candidate = endpoint.candidate();
+                if candidate.ejected {
+                    self.ensure_probe(endpoint, now);
+                }
+                candidate
+            },
+            now,
+            self.options.force_pick_after,
+        );
+        match chosen {
             Some(index) => {
                 let endpoint = Arc::clone(&endpoints[index]);
-                drop(endpoints);
                 let (channel, guard) = endpoint.start_call(now);
                 Ok((endpoint, channel, guard))
             }
-            None => Err(self.all_ejected(&endpoints)),
+            None if endpoints.is_empty() => Err(NoPick::Empty),
+            None => Err(NoPick::AllEjected),
+        }
+    }
+
+    /// Every endpoint is ejected: waits for a probe to bring one back, up to the connect timeout
+    /// and the call's `deadline`, bringing probes forward meanwhile. Gives up as soon as no probe
+    /// is due in time.
+    async fn wait_for_a_probe(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+    ) -> Result<Picked, Status> {
+        let policy = self.options.backoff();
+        let patience = later(Instant::now(), self.options.connect_timeout);
+        let (until, by_deadline) = earlier(patience, deadline);
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let now = Instant::now();
+            match self.pick(now) {
+                Ok(picked) => return Ok(picked),
+                Err(NoPick::Empty) => return Err(self.no_instance()),
+                Err(NoPick::AllEjected) => {}
+            }
+            let endpoints = self.endpoints();
+            let soonest = endpoints
+                .iter()
+                .filter_map(|endpoint| endpoint.hurry(now, &policy))
+                .min();
+            let due_before = |limit: Instant| soonest.is_some_and(|due| due < limit);
+            if now < until && due_before(until) {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return Err(self.all_ejected(&endpoints));
+                        }
+                    }
+                    () = tokio::time::sleep_until(until) => {}
+                }
+                continue;
+            }
+            // Out of time, or the next probe comes too late: blame the deadline if, without it,
+            // the call would have waited on.
+            return Err(if by_deadline && (now >= until || due_before(patience)) {
+                Status::deadline_exceeded(format!(
+                    "the call's deadline passes before any instance of {} is back from ejection \
+                     ({} known)",
+                    self.service,
+                    endpoints.len()
+                ))
+            } else {
+                self.all_ejected(&endpoints)
+            });
         }
     }
 
@@ -373,8 +540,7 @@ impl Shared {
         ))
     }
 
-    /// A call on (or a warm-up of) `endpoint` failed at the transport level: eject it, and probe
-    /// it when the back-off ends.
+    /// A call on `endpoint` failed at the transport level: eject it and probe it.
     fn transport_failure(
         self: &Arc<Self>,
         endpoint: &Arc<Endpoint>,
@@ -390,16 +556,23 @@ impl Shared {
             &self.options.backoff(),
             fraction,
         );
-        if let Some(backoff) = ejected {
+        if let Some(delay) = ejected {
             tracing::warn!(
                 service = %self.service,
                 instance = %endpoint.id,
                 addr = %endpoint.addr,
                 %error,
-                backoff = %humantime::format_duration(backoff),
+                probe_in = %humantime::format_duration(delay),
                 "instance ejected from the balancer after a transport failure"
             );
-            self.spawn_for(endpoint, probe(Arc::clone(self), Arc::clone(endpoint)));
+            self.ensure_probe(endpoint, now);
+        }
+    }
+
+    /// Starts a probe of `endpoint` if it is ejected and no live probe is in charge of it.
+    fn ensure_probe(self: &Arc<Self>, endpoint: &Arc<Endpoint>, now: Instant) {
+        if let Some(ticket) = endpoint.claim_probe(now, self.options.stale_probe_after()) {
+            self.spawn_for(endpoint, probe(Arc::clone(self), ticket));
         }
     }
 
@@ -416,44 +589,52 @@ impl Shared {
         instances.sort_by(|left, right| left.id.cmp(&right.id));
         instances.dedup_by(|next, previous| next.id == previous.id);
         let now = Instant::now();
-        let mut added = Vec::new();
-        let removed = {
-            let mut endpoints = self.endpoints();
-            let (kept, removed): (Vec<_>, Vec<_>) = endpoints.drain(..).partition(|endpoint| {
-                instances
-                    .iter()
-                    .any(|instance| instance.id == endpoint.id && instance.addr == endpoint.addr)
-            });
-            let known: Vec<Duration> = kept
-                .iter()
-                .filter_map(|endpoint| endpoint.healthy_estimate())
-                .collect();
-            let initial = ewma::initial_estimate(&known, self.options.default_latency);
-            let mut next = kept;
-            for instance in &instances {
-                if next.iter().any(|endpoint| endpoint.id == instance.id) {
-                    continue;
-                }
-                let token = self.stop.child_token();
-                match Endpoint::new(instance, &self.options, initial, now, token) {
-                    Ok(endpoint) => {
-                        let endpoint = Arc::new(endpoint);
-                        next.push(Arc::clone(&endpoint));
-                        added.push(endpoint);
-                    }
-                    Err(error) => tracing::warn!(
-                        service = %self.service,
-                        instance = %instance.id,
-                        addr = %instance.addr,
-                        error = %describe(&error),
-                        "instance left out of the balancer: no endpoint for its address"
-                    ),
-                }
-            }
-            next.sort_by(|left, right| left.id.cmp(&right.id));
-            *endpoints = next;
-            removed
+        // Only this task writes the list, so it stays `current` until replaced below; endpoints
+        // (and their channels) are built without holding the lock.
+        let current = self.endpoints();
+        let listed = |endpoint: &Arc<Endpoint>| {
+            instances
+                .binary_search_by(|instance| instance.id.as_str().cmp(&endpoint.id))
+                .is_ok_and(|index| instances[index].addr == endpoint.addr)
         };
+        let (kept, removed): (Vec<_>, Vec<_>) = current
+            .iter()
+            .cloned()
+            .partition(|endpoint| listed(endpoint));
+        let known: Vec<Duration> = kept
+            .iter()
+            .filter_map(|endpoint| endpoint.healthy_estimate())
+            .collect();
+        let initial = ewma::initial_estimate(&known, self.options.default_latency);
+        let mut added = Vec::new();
+        for instance in &instances {
+            // `kept` is sorted by id, as the list it comes from.
+            if kept
+                .binary_search_by(|endpoint| endpoint.id.as_str().cmp(&instance.id))
+                .is_ok()
+            {
+                continue;
+            }
+            let token = self.stop.child_token();
+            match Endpoint::new(instance, &self.options, initial, now, token) {
+                Ok(endpoint) => added.push(Arc::new(endpoint)),
+                Err(error) => tracing::warn!(
+                    service = %self.service,
+                    instance = %instance.id,
+                    addr = %instance.addr,
+                    error = %describe(&error),
+                    "instance left out of the balancer: no endpoint for its address"
+                ),
+            }
+        }
+        let mut next = kept;
+        next.extend(added.iter().cloned());
+        next.sort_by(|left, right| left.id.cmp(&right.id));
+        *self
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::from(next);
+
         for endpoint in removed {
             endpoint.removed.cancel();
             tracing::info!(
@@ -478,8 +659,10 @@ impl Shared {
         if instances.is_empty() {
             tracing::warn!(service = %self.service, "discovery lists no healthy instance");
         }
-        self.answered
-            .send_if_modified(|answered| !std::mem::replace(answered, true));
+        self.discovery.send_if_modified(|state| {
+            std::mem::replace(state, Discovery::Answered) != Discovery::Answered
+        });
+        self.changed();
     }
 }
 
@@ -489,8 +672,23 @@ async fn follow(shared: Arc<Shared>, mut instances: InstanceStream) {
     while let Some(Some(answer)) = stop.run_until_cancelled(instances.next()).await {
         shared.update(answer);
     }
-    if !stop.is_cancelled() {
-        // Backends never end their streams; should one, the last set is the best knowledge left.
+    if stop.is_cancelled() {
+        return;
+    }
+    let never_answered = shared.discovery.send_if_modified(|state| {
+        let waiting = *state == Discovery::Waiting;
+        if waiting {
+            *state = Discovery::Stopped;
+        }
+        waiting
+    });
+    // Backends never end their streams; should one, the last set is the best knowledge left.
+    if never_answered {
+        tracing::warn!(
+            service = %shared.service,
+            "discovery stream ended before its first answer; calls fail"
+        );
+    } else {
         tracing::warn!(
             service = %shared.service,
             "discovery stream ended; keeping the last known instances"
@@ -502,43 +700,89 @@ async fn follow(shared: Arc<Shared>, mut instances: InstanceStream) {
 async fn warm_up(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
     match endpoint.connect(shared.options.connect_timeout).await {
         Ok(channel) => endpoint.adopt_if_unused(channel),
-        Err(error) => shared.transport_failure(&endpoint, 0, Instant::now(), error),
-    }
-}
-
-/// Brings an ejected endpoint back: at the end of each back-off, open a new connection; the
-/// endpoint returns to the picker on it, or stays out for the next, longer, back-off.
-async fn probe(shared: Arc<Shared>, endpoint: Arc<Endpoint>) {
-    while let Some(until) = endpoint.ejected_until() {
-        tokio::time::sleep_until(until).await;
-        match endpoint.connect(shared.options.connect_timeout).await {
-            Ok(channel) => {
-                endpoint.restore(channel);
-                tracing::info!(
+        Err(error) => {
+            let now = Instant::now();
+            let ejected = endpoint.warm_up_failed(
+                now,
+                error.clone(),
+                &shared.options.backoff(),
+                shared.random.fraction(),
+            );
+            if let Some(delay) = ejected {
+                tracing::warn!(
                     service = %shared.service,
                     instance = %endpoint.id,
                     addr = %endpoint.addr,
-                    "instance restored to the balancer: it accepts connections again"
+                    %error,
+                    probe_in = %humantime::format_duration(delay),
+                    "new instance ejected from the balancer: it refuses connections"
                 );
+                shared.ensure_probe(&endpoint, now);
+                shared.changed();
+            }
+        }
+    }
+}
+
+/// Brings an ejected endpoint back: whenever an attempt is due (at once after an ejection, then
+/// after each back-off, sooner when calls wait), open a new connection; the endpoint returns to
+/// the picker on it, or the next attempt waits longer.
+async fn probe(shared: Arc<Shared>, ticket: ProbeTicket) {
+    let endpoint = Arc::clone(ticket.endpoint());
+    let policy = shared.options.backoff();
+    while let Some(due) = ticket.due() {
+        if Instant::now() < due {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = ticket.hurried() => {}
+            }
+            continue;
+        }
+        match endpoint.connect(shared.options.connect_timeout).await {
+            Ok(channel) => {
+                if ticket.restore(channel) {
+                    tracing::info!(
+                        service = %shared.service,
+                        instance = %endpoint.id,
+                        addr = %endpoint.addr,
+                        "instance restored to the balancer: it accepts connections again"
+                    );
+                    shared.changed();
+                }
                 return;
             }
             Err(error) => {
-                let backoff = endpoint.probe_failed(
-                    Instant::now(),
-                    error.clone(),
-                    &shared.options.backoff(),
-                    shared.random.fraction(),
-                );
+                let now = Instant::now();
+                let fraction = shared.random.fraction();
+                let Some(delay) = ticket.failed(now, error.clone(), &policy, fraction) else {
+                    return;
+                };
                 tracing::debug!(
                     service = %shared.service,
                     instance = %endpoint.id,
                     addr = %endpoint.addr,
                     %error,
-                    backoff = %humantime::format_duration(backoff),
+                    next_probe_in = %humantime::format_duration(delay),
                     "ejected instance still unreachable"
                 );
+                shared.changed();
             }
         }
+    }
+}
+
+/// `at + by`, or a year after `at` when that overflows (a timeout "forever").
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
+/// The earlier of `patience` and the call's `deadline`, and whether it is the deadline.
+fn earlier(patience: Instant, deadline: Option<Instant>) -> (Instant, bool) {
+    match deadline {
+        Some(deadline) if deadline < patience => (deadline, true),
+        _ => (patience, false),
     }
 }
 

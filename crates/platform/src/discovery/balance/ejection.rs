@@ -1,10 +1,16 @@
-//! Taking an endpoint out of the picker after it failed, and the back-off before it is tried
-//! again.
+//! Taking an endpoint out of the picker after it failed, and when to try it again.
 //!
-//! The state is the one Envoy's outlier detection keeps per host: consecutive failures, how many
-//! times in a row the host has been ejected (so each ejection lasts longer), and until when the
-//! current one runs. Today a transport failure ejects at once; an "eject after N consecutive
-//! failed calls" rule needs nothing more than [`Ejection::record_failure`]'s count.
+//! The record is the one Envoy's outlier detection keeps per host (consecutive failures, how many
+//! times in a row the host has been ejected, until when), with gRPC's connection back-off
+//! ("gRPC Connection Backoff Protocol", `doc/connection-backoff.md`) deciding when to reconnect:
+//! the first reconnection goes out at once, and only failed ones back off, doubling from the base
+//! to the maximum. A connection reset by a restart or a proxy is over as soon as a new connection
+//! opens; waiting a full back-off first would leave a service with one address dark for it.
+//!
+//! One addition: an endpoint ejected again before any call succeeded on the connection its probe
+//! opened (it accepts connections, but calls on them fail) starts where the last ejection's
+//! back-off stood, so such a host gets one failed call per back-off rather than one per probe.
+//! Only a success on a connection opened after the last ejection clears that memory.
 
 use std::time::Duration;
 
@@ -13,21 +19,22 @@ use tokio::time::Instant;
 /// How long the back-off after a failure lasts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct BackoffPolicy {
-    /// The first ejection's length.
+    /// The first back-off's length, and the shortest time between two probes that calls
+    /// waiting for an endpoint may bring forward.
     pub(super) base: Duration,
-    /// The longest ejection.
+    /// The longest back-off.
     pub(super) max: Duration,
     /// The fraction, in `[0, 1]`, by which a back-off may randomly be shortened.
     pub(super) jitter: f64,
 }
 
 impl BackoffPolicy {
-    /// The length of the `ejections`-th ejection in a row (1 for the first): `base · 2^(n-1)`,
+    /// The length of the `step`-th back-off in a row (1 for the first): `base · 2^(step-1)`,
     /// capped at `max`, shortened by up to `jitter` of itself according to `fraction` in `[0, 1)`.
     /// Shortening (rather than lengthening) keeps `max` a true bound; randomising at all keeps
     /// many clients that saw the same failure from retrying in step.
-    pub(super) fn backoff(&self, ejections: u32, fraction: f64) -> Duration {
-        let doublings = ejections.saturating_sub(1).min(31);
+    pub(super) fn backoff(&self, step: u32, fraction: f64) -> Duration {
+        let doublings = step.saturating_sub(1).min(31);
         let nominal = self.base.saturating_mul(1_u32 << doublings).min(self.max);
         let factor = 1.0 - self.jitter * fraction;
         if (0.0..=1.0).contains(&factor) {
@@ -41,77 +48,102 @@ impl BackoffPolicy {
 /// The failure record of one endpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct Ejection {
-    /// Failed calls since the last success.
+    /// Failed calls and probes since the last success.
     consecutive_failures: u32,
-    /// Ejections since the last success, which set the next back-off.
+    /// Ejections since a call last succeeded on a connection opened after the previous one.
     ejections: u32,
-    /// When the current ejection ends (the endpoint is then probed), if ejected.
-    until: Option<Instant>,
+    /// Probes that failed during the current ejection.
+    failed_probes: u32,
+    /// While ejected: when the next probe may start (in the past while one is connecting).
+    next_probe: Option<Instant>,
+    /// When the last probe failed: calls waiting for an endpoint may bring the next probe
+    /// forward, but not closer than the base back-off to this one.
+    last_probe: Option<Instant>,
     /// The last failure and when it happened.
     last_error: Option<(Instant, String)>,
 }
 
 impl Ejection {
-    /// A call succeeded: the slate is wiped, and the next ejection starts at the base back-off.
+    /// A call succeeded on the endpoint's current connection: the slate is wiped.
     pub(super) fn record_success(&mut self) {
         self.consecutive_failures = 0;
         self.ejections = 0;
     }
 
-    /// A call failed at `now` with `error`; returns the consecutive failures so far.
+    /// A call or probe failed at `now` with `error`; returns the consecutive failures so far.
     pub(super) fn record_failure(&mut self, now: Instant, error: String) -> u32 {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.last_error = Some((now, error));
         self.consecutive_failures
     }
 
-    /// Ejects the endpoint from `now` and returns for how long, or `None` when it already is
-    /// ejected: calls that were in flight when it failed fail together, and they must not stretch
-    /// one outage into a 60-second ejection.
+    /// Ejects the endpoint at `now` and returns how long until its first probe (zero unless it
+    /// was ejected before without a success since), or `None` when it is ejected already: calls
+    /// that were in flight when it failed fail together, and they must not stretch one outage.
     pub(super) fn eject(
         &mut self,
         now: Instant,
         policy: &BackoffPolicy,
         fraction: f64,
     ) -> Option<Duration> {
-        if self.until.is_some() {
+        if self.next_probe.is_some() {
             return None;
         }
         self.ejections = self.ejections.saturating_add(1);
-        let backoff = policy.backoff(self.ejections, fraction);
-        self.until = Some(now + backoff);
-        Some(backoff)
+        self.failed_probes = 0;
+        let delay = self.delay(policy, fraction);
+        self.next_probe = Some(now + delay);
+        Some(delay)
     }
 
-    /// The probe at the end of an ejection failed: the endpoint stays out for the next, longer,
-    /// back-off.
-    pub(super) fn extend(
+    /// A probe (or the warm-up, which is one) failed at `now`: the next one waits one step
+    /// longer. Returns how long.
+    pub(super) fn probe_failed(
         &mut self,
         now: Instant,
         policy: &BackoffPolicy,
         fraction: f64,
     ) -> Duration {
-        self.until = None;
-        self.eject(now, policy, fraction).unwrap_or(policy.base)
+        self.failed_probes = self.failed_probes.saturating_add(1);
+        self.last_probe = Some(now);
+        let delay = self.delay(policy, fraction);
+        if self.next_probe.is_some() {
+            self.next_probe = Some(now + delay);
+        }
+        delay
     }
 
-    /// The probe succeeded: the endpoint is back in the picker. The ejection count stays until a
-    /// call succeeds, so a host that accepts connections but fails calls backs off further.
+    /// Calls are waiting and nothing else can serve them: bring the next probe forward to `now`,
+    /// or to one base back-off after the last failed probe if that is later. Returns when the
+    /// next probe is due (`None` when not ejected).
+    pub(super) fn hurry(&mut self, now: Instant, policy: &BackoffPolicy) -> Option<Instant> {
+        let next = self.next_probe?;
+        let earliest = self
+            .last_probe
+            .map_or(now, |last| now.max(last + policy.base));
+        let due = next.min(earliest);
+        self.next_probe = Some(due);
+        Some(due)
+    }
+
+    /// The probe connected: the endpoint is back in the picker. The ejection count stays until
+    /// a call succeeds on the new connection.
     pub(super) fn restore(&mut self) {
-        self.until = None;
+        self.next_probe = None;
+        self.failed_probes = 0;
     }
 
     /// Whether the endpoint is out of the picker.
     pub(super) fn is_ejected(&self) -> bool {
-        self.until.is_some()
+        self.next_probe.is_some()
     }
 
-    /// When the current ejection ends.
-    pub(super) fn until(&self) -> Option<Instant> {
-        self.until
+    /// While ejected, when the next probe may start.
+    pub(super) fn next_probe(&self) -> Option<Instant> {
+        self.next_probe
     }
 
-    /// Failed calls since the last success.
+    /// Failed calls and probes since the last success.
     pub(super) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }
@@ -119,6 +151,20 @@ impl Ejection {
     /// The last failure and when it happened.
     pub(super) fn last_error(&self) -> Option<&(Instant, String)> {
         self.last_error.as_ref()
+    }
+
+    /// The wait before the next probe: none for the first probe of a first ejection, then one
+    /// doubling step per earlier ejection and per failed probe.
+    fn delay(&self, policy: &BackoffPolicy, fraction: f64) -> Duration {
+        let step = self
+            .ejections
+            .saturating_sub(1)
+            .saturating_add(self.failed_probes);
+        if step == 0 {
+            Duration::ZERO
+        } else {
+            policy.backoff(step, fraction)
+        }
     }
 }
 
@@ -132,25 +178,56 @@ mod tests {
         jitter: 0.2,
     };
 
+    fn secs(value: u64) -> Duration {
+        Duration::from_secs(value)
+    }
+
     #[test]
     fn the_backoff_doubles_from_one_second_to_sixty() {
         let without_jitter: Vec<u64> = (1..=9)
-            .map(|ejections| POLICY.backoff(ejections, 0.0).as_secs())
+            .map(|step| POLICY.backoff(step, 0.0).as_secs())
             .collect();
         assert_eq!(without_jitter, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(POLICY.backoff(u32::MAX, 0.0), Duration::from_secs(60));
+        assert_eq!(POLICY.backoff(u32::MAX, 0.0), secs(60));
     }
 
     #[test]
     fn jitter_only_shortens_within_its_fraction() {
         assert_eq!(POLICY.backoff(1, 0.5), Duration::from_millis(900));
         let shortest = POLICY.backoff(7, 0.999_999);
-        assert!(shortest >= Duration::from_secs(48) && shortest <= Duration::from_secs(60));
+        assert!(shortest >= secs(48) && shortest <= secs(60));
         let nonsense = BackoffPolicy {
             jitter: f64::NAN,
             ..POLICY
         };
-        assert_eq!(nonsense.backoff(1, 0.5), Duration::from_secs(1));
+        assert_eq!(nonsense.backoff(1, 0.5), secs(1));
+    }
+
+    #[test]
+    fn the_first_probe_goes_out_at_once_and_only_failed_probes_back_off() {
+        let now = Instant::now();
+        let mut ejection = Ejection::default();
+        ejection.record_failure(now, "reset".into());
+        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(Duration::ZERO));
+        assert_eq!(ejection.next_probe(), Some(now));
+
+        let delays: Vec<u64> = (0..8)
+            .map(|_| ejection.probe_failed(now, &POLICY, 0.0).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(ejection.next_probe(), Some(now + secs(60)));
+        assert_eq!(
+            ejection.consecutive_failures(),
+            1,
+            "probes record their own"
+        );
+
+        ejection.restore();
+        assert!(!ejection.is_ejected());
+        ejection.record_success();
+        // A later outage starts from scratch: the instance restarted long ago.
+        ejection.record_failure(now, "reset".into());
+        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(Duration::ZERO));
     }
 
     #[test]
@@ -158,49 +235,64 @@ mod tests {
         let now = Instant::now();
         let mut ejection = Ejection::default();
         assert_eq!(ejection.record_failure(now, "reset".into()), 1);
-        assert_eq!(
-            ejection.eject(now, &POLICY, 0.0),
-            Some(Duration::from_secs(1))
-        );
+        ejection.eject(now, &POLICY, 0.0);
+        ejection.probe_failed(now, &POLICY, 0.0);
         // Nine more calls that were in flight fail with it.
         for _ in 0..9 {
             ejection.record_failure(now, "reset".into());
             assert_eq!(ejection.eject(now, &POLICY, 0.0), None);
         }
         assert_eq!(ejection.consecutive_failures(), 10);
-        assert_eq!(ejection.until(), Some(now + Duration::from_secs(1)));
+        assert_eq!(ejection.next_probe(), Some(now + secs(1)));
     }
 
     #[test]
-    fn failed_probes_double_the_backoff_and_a_success_resets_it() {
+    fn an_ejection_without_a_success_since_the_last_one_starts_further_along() {
         let now = Instant::now();
         let mut ejection = Ejection::default();
-        ejection.record_failure(now, "refused".into());
         ejection.eject(now, &POLICY, 0.0);
-        assert_eq!(ejection.extend(now, &POLICY, 0.0), Duration::from_secs(2));
-        assert_eq!(ejection.extend(now, &POLICY, 0.0), Duration::from_secs(4));
+        ejection.probe_failed(now, &POLICY, 0.0);
         ejection.restore();
-        assert!(!ejection.is_ejected());
 
-        // Back in the picker, a failing call ejects for longer still: the host accepts
-        // connections but calls on it keep failing.
-        ejection.record_failure(now, "reset".into());
-        assert_eq!(
-            ejection.eject(now, &POLICY, 0.0),
-            Some(Duration::from_secs(8))
-        );
+        // Back in the picker, a call fails again before any succeeded: the host accepts
+        // connections but calls on them fail.
+        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(secs(1)));
+        assert_eq!(ejection.probe_failed(now, &POLICY, 0.0), secs(2));
+        ejection.restore();
+        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(secs(2)));
         ejection.restore();
 
         ejection.record_success();
         assert_eq!(ejection.consecutive_failures(), 0);
         ejection.record_failure(now, "reset".into());
-        assert_eq!(
-            ejection.eject(now, &POLICY, 0.0),
-            Some(Duration::from_secs(1))
-        );
+        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(Duration::ZERO));
         assert_eq!(
             ejection.last_error().map(|(_, error)| error.as_str()),
             Some("reset")
         );
+    }
+
+    #[test]
+    fn waiting_calls_bring_the_next_probe_forward_no_closer_than_the_base() {
+        let start = Instant::now();
+        let mut ejection = Ejection::default();
+        assert_eq!(ejection.hurry(start, &POLICY), None, "not ejected");
+        ejection.eject(start, &POLICY, 0.0);
+        for _ in 0..7 {
+            ejection.probe_failed(start, &POLICY, 0.0);
+        }
+        assert_eq!(ejection.next_probe(), Some(start + secs(60)));
+
+        // Right after the failed probe: one base later, not at once.
+        let mut soon = ejection.clone();
+        let right_after = start + Duration::from_millis(300);
+        assert_eq!(soon.hurry(right_after, &POLICY), Some(start + secs(1)));
+        // Long after it: now.
+        let later = start + secs(5);
+        assert_eq!(ejection.hurry(later, &POLICY), Some(later));
+        // Never later than it already was.
+        assert_eq!(ejection.hurry(start + secs(9), &POLICY), Some(later));
+        assert_eq!(soon.hurry(later, &POLICY), Some(start + secs(1)));
+        assert_eq!(ejection.next_probe(), Some(later));
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -27,6 +28,8 @@ pub(super) struct Endpoint {
     /// Cancelled when discovery no longer lists the instance, or the balancer is dropped: ends
     /// its warm-up and probes.
     pub(super) removed: CancellationToken,
+    /// Wakes the probe when waiting calls brought its next attempt forward.
+    hurried: Notify,
     state: Mutex<State>,
 }
 
@@ -40,7 +43,12 @@ struct State {
     in_flight: usize,
     last_picked: Option<Instant>,
     calls_started: u64,
+    calls_succeeded: u64,
     ejection: Ejection,
+    /// The ticket of the probe task in charge while ejected, if one is.
+    probe: Option<u64>,
+    /// Tickets handed out so far.
+    probe_tickets: u64,
 }
 
 impl Endpoint {
@@ -67,6 +75,7 @@ impl Endpoint {
             addr: instance.addr,
             config,
             removed,
+            hurried: Notify::new(),
             state: Mutex::new(State {
                 channel,
                 generation: 0,
@@ -74,7 +83,10 @@ impl Endpoint {
                 in_flight: 0,
                 last_picked: None,
                 calls_started: 0,
+                calls_succeeded: 0,
                 ejection: Ejection::default(),
+                probe: None,
+                probe_tickets: 0,
             }),
         })
     }
@@ -130,17 +142,22 @@ impl Endpoint {
         (state.channel.clone(), guard)
     }
 
-    /// The call answered (its response headers arrived) at `now`.
+    /// The call answered (its response headers arrived) at `now`. Only an answer on the current
+    /// connection clears the failure record: one that was in flight on a connection already
+    /// replaced says nothing about the new one.
     pub(super) fn succeeded(&self, guard: &mut CallGuard, now: Instant, decay: Duration) {
         guard.settled = true;
         let mut state = self.state();
         let sample = now.saturating_duration_since(guard.sent_at);
         state.latency.observe(sample, now, decay);
-        state.ejection.record_success();
+        state.calls_succeeded += 1;
+        if guard.generation == state.generation {
+            state.ejection.record_success();
+        }
     }
 
-    /// Something failed at the transport level at `now` (a call whose channel is `generation`, or
-    /// a warm-up). Returns for how long the endpoint is now ejected, or `None` when it is ejected
+    /// A call on connection `generation` failed at the transport level at `now`. Returns how long
+    /// until the first probe when the endpoint is ejected by it, or `None` when it is ejected
     /// already or the failure belongs to a connection that has been replaced since.
     pub(super) fn failed(
         &self,
@@ -158,30 +175,60 @@ impl Endpoint {
         state.ejection.eject(now, policy, fraction)
     }
 
-    /// When the current ejection ends, if ejected.
-    pub(super) fn ejected_until(&self) -> Option<Instant> {
-        self.state().ejection.until()
-    }
-
-    /// The probe at the end of an ejection failed: eject again, for longer.
-    pub(super) fn probe_failed(
+    /// The warm-up's connection failed at `now`. Ejects the endpoint, the warm-up counting as its
+    /// first failed probe, unless the failure is stale: a call succeeded since on the lazily
+    /// connected channel, or a probe's connection replaced it. Returns how long until the next
+    /// probe when ejected.
+    pub(super) fn warm_up_failed(
         &self,
         now: Instant,
         error: String,
         policy: &BackoffPolicy,
         fraction: f64,
-    ) -> Duration {
+    ) -> Option<Duration> {
         let mut state = self.state();
+        if state.calls_succeeded > 0 || state.generation != 0 {
+            return None;
+        }
         state.ejection.record_failure(now, error);
-        state.ejection.extend(now, policy, fraction)
+        state.ejection.eject(now, policy, fraction)?;
+        Some(state.ejection.probe_failed(now, policy, fraction))
     }
 
-    /// The probe connected: calls go out on its connection from now on.
-    pub(super) fn restore(&self, channel: Channel) {
+    /// A ticket to probe this ejected endpoint, unless a probe is in charge already. A probe
+    /// whose attempt was due more than `stale_after` ago has died or hangs: it is replaced, and
+    /// its task gives up at its next step.
+    pub(super) fn claim_probe(
+        self: &Arc<Self>,
+        now: Instant,
+        stale_after: Duration,
+    ) -> Option<ProbeTicket> {
         let mut state = self.state();
-        state.channel = channel;
-        state.generation += 1;
-        state.ejection.restore();
+        let due = state.ejection.next_probe()?;
+        if state.probe.is_some() && now.saturating_duration_since(due) <= stale_after {
+            return None;
+        }
+        state.probe_tickets += 1;
+        let id = state.probe_tickets;
+        state.probe = Some(id);
+        Some(ProbeTicket {
+            endpoint: Arc::clone(self),
+            id,
+        })
+    }
+
+    /// Calls are waiting and no endpoint is available: bring the next probe forward (as far as
+    /// the policy allows) and wake the probe. Returns when the next probe is due, `None` when the
+    /// endpoint is not ejected.
+    pub(super) fn hurry(&self, now: Instant, policy: &BackoffPolicy) -> Option<Instant> {
+        let mut state = self.state();
+        let before = state.ejection.next_probe()?;
+        let due = state.ejection.hurry(now, policy)?;
+        drop(state);
+        if due < before {
+            self.hurried.notify_one();
+        }
+        Some(due)
     }
 
     /// The warm-up connected: use its connection unless calls already went out on the lazy
@@ -204,6 +251,12 @@ impl Endpoint {
         self.state().in_flight
     }
 
+    /// Whether a probe task is in charge of the endpoint.
+    #[cfg(test)]
+    pub(super) fn probing(&self) -> bool {
+        self.state().probe.is_some()
+    }
+
     /// What the picker sees now.
     pub(super) fn snapshot(&self) -> EndpointSnapshot {
         let state = self.state();
@@ -212,8 +265,79 @@ impl Endpoint {
             addr: self.addr,
             in_flight: state.in_flight,
             latency: state.latency.estimate(),
-            ejected_until: state.ejection.until(),
+            ejected_until: state.ejection.next_probe(),
             consecutive_failures: state.ejection.consecutive_failures(),
+        }
+    }
+}
+
+/// The right to probe an ejected endpoint, held by the one probe task in charge of it. Dropping
+/// it, as a task that ends, is cancelled or panics does, frees the endpoint for a new probe.
+#[derive(Debug)]
+pub(super) struct ProbeTicket {
+    endpoint: Arc<Endpoint>,
+    id: u64,
+}
+
+impl ProbeTicket {
+    /// The endpoint to probe.
+    pub(super) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// When the next attempt is due, or `None` when the probe is over: the endpoint is back in
+    /// the picker, or another probe took charge.
+    pub(super) fn due(&self) -> Option<Instant> {
+        let state = self.endpoint.state();
+        if state.probe != Some(self.id) {
+            return None;
+        }
+        state.ejection.next_probe()
+    }
+
+    /// Resolves when waiting calls bring the next attempt forward (or spuriously).
+    pub(super) async fn hurried(&self) {
+        self.endpoint.hurried.notified().await;
+    }
+
+    /// The attempt failed at `now`: the next waits longer. Returns how long, or `None` when this
+    /// probe is no longer in charge.
+    pub(super) fn failed(
+        &self,
+        now: Instant,
+        error: String,
+        policy: &BackoffPolicy,
+        fraction: f64,
+    ) -> Option<Duration> {
+        let mut state = self.endpoint.state();
+        if state.probe != Some(self.id) {
+            return None;
+        }
+        state.ejection.record_failure(now, error);
+        Some(state.ejection.probe_failed(now, policy, fraction))
+    }
+
+    /// The attempt connected: calls go out on its connection from now on. Returns `false` (and
+    /// drops the connection) when this probe is no longer in charge.
+    pub(super) fn restore(&self, channel: Channel) -> bool {
+        let mut state = self.endpoint.state();
+        if state.probe != Some(self.id) || !state.ejection.is_ejected() {
+            return false;
+        }
+        state.channel = channel;
+        state.generation += 1;
+        state.ejection.restore();
+        // The probe is over: a failure right after must be able to start the next one.
+        state.probe = None;
+        true
+    }
+}
+
+impl Drop for ProbeTicket {
+    fn drop(&mut self) {
+        let mut state = self.endpoint.state();
+        if state.probe == Some(self.id) {
+            state.probe = None;
         }
     }
 }

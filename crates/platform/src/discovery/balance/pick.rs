@@ -4,16 +4,25 @@
 //! from all piling onto the one endpoint that looked best.
 //!
 //! Two additions:
-//! - ejected endpoints are left out of the draw while any other endpoint is available;
+//! - ejected endpoints are left out of the draw while any other endpoint is available: a pair with
+//!   an ejected endpoint in it is drawn again (a pair of two available endpoints drawn by
+//!   rejection is as uniform as one drawn among the available ones), and after a few such pairs
+//!   the picker scans for the available ones, which only happens when many are ejected;
 //! - go-zero's `forcePick`: when the costlier of the two has not been picked for `force_pick_after`
 //!   (or never), it is picked anyway. A peak-EWMA estimate only moves when calls complete, so
 //!   without this an endpoint that once looked slow, or a new one, could wait a long time for the
 //!   call that would show it is fast now.
+//!
+//! The picker reads endpoints through a closure, so a pick looks at two of them (one lock each)
+//! however many there are, and the arithmetic is tested with plain values.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// How many pairs are drawn before the picker, having met an ejected endpoint in each, scans.
+const DRAWS: usize = 3;
 
 /// What the picker knows about one endpoint at the moment of a pick.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,44 +35,83 @@ pub(super) struct Candidate {
     pub(super) last_picked: Option<Instant>,
 }
 
-/// The index of the endpoint to call, or `None` when every candidate is ejected (or there are
-/// none). `random` supplies the two draws.
+/// The index, below `len`, of the endpoint to call, or `None` when every endpoint looked at was
+/// ejected (or there are none). `random` supplies the draws and `candidate` reads one endpoint;
+/// it may be called more than once for the same index.
 pub(super) fn choose(
-    candidates: &[Candidate],
-    random: [u64; 2],
+    len: usize,
+    mut random: impl FnMut() -> u64,
+    mut candidate: impl FnMut(usize) -> Candidate,
     now: Instant,
     force_pick_after: Duration,
 ) -> Option<usize> {
-    let available = || {
-        candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, candidate)| !candidate.ejected)
-            .map(|(index, _)| index)
-    };
-    let count = available().count();
-    if count < 2 {
-        return available().next();
+    match len {
+        0 => return None,
+        1 => return (!candidate(0).ejected).then_some(0),
+        _ => {}
     }
-    let count = count as u64;
-    // Two distinct positions among the available ones: the second skips over the first.
+    for _ in 0..DRAWS {
+        let (first, second) = two_distinct(len, [random(), random()]);
+        let (first_candidate, second_candidate) = (candidate(first), candidate(second));
+        if !first_candidate.ejected && !second_candidate.ejected {
+            return Some(better(
+                (first, first_candidate),
+                (second, second_candidate),
+                now,
+                force_pick_after,
+            ));
+        }
+    }
+    // Many endpoints are ejected: pick among the available ones.
+    let available: Vec<(usize, Candidate)> = (0..len)
+        .map(|index| (index, candidate(index)))
+        .filter(|(_, candidate)| !candidate.ejected)
+        .collect();
+    match available.as_slice() {
+        [] => None,
+        [(only, _)] => Some(*only),
+        _ => {
+            let (first, second) = two_distinct(available.len(), [random(), random()]);
+            Some(better(
+                available[first],
+                available[second],
+                now,
+                force_pick_after,
+            ))
+        }
+    }
+}
+
+/// Two distinct indices below `len` (at least 2) from two random draws: the second skips over
+/// the first.
+fn two_distinct(len: usize, random: [u64; 2]) -> (usize, usize) {
+    let count = len as u64;
     let first = random[0] % count;
     let mut second = random[1] % (count - 1);
     if second >= first {
         second += 1;
     }
-    let first = available().nth(usize::try_from(first).ok()?)?;
-    let second = available().nth(usize::try_from(second).ok()?)?;
+    // Both are below `len`, which is a usize.
+    (first as usize, second as usize)
+}
 
-    let (cheaper, costlier) = if candidates[second].cost < candidates[first].cost {
+/// Of two available endpoints, the cheaper, unless the costlier has been neglected.
+fn better(
+    first: (usize, Candidate),
+    second: (usize, Candidate),
+    now: Instant,
+    force_pick_after: Duration,
+) -> usize {
+    let (cheaper, costlier) = if second.1.cost < first.1.cost {
         (second, first)
     } else {
         (first, second)
     };
-    let neglected = candidates[costlier]
+    let neglected = costlier
+        .1
         .last_picked
         .is_none_or(|picked| now.saturating_duration_since(picked) > force_pick_after);
-    Some(if neglected { costlier } else { cheaper })
+    if neglected { costlier.0 } else { cheaper.0 }
 }
 
 /// A small, lock-free source of random numbers for the draws and for jitter (SplitMix64, Steele
@@ -108,6 +156,8 @@ impl Random {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
 
     const FORCE: Duration = Duration::from_secs(1);
@@ -120,30 +170,98 @@ mod tests {
         }
     }
 
+    /// `choose` over a slice, with the draws taken in turn from `draws` (0 once they run out).
+    fn choose_in(candidates: &[Candidate], draws: &[u64], now: Instant) -> Option<usize> {
+        let mut draws = draws.iter().copied();
+        choose(
+            candidates.len(),
+            || draws.next().unwrap_or(0),
+            |index| candidates[index],
+            now,
+            FORCE,
+        )
+    }
+
+    /// `choose` over a slice with random draws.
+    fn choose_randomly(candidates: &[Candidate], random: &Random, now: Instant) -> Option<usize> {
+        choose(
+            candidates.len(),
+            || random.next_u64(),
+            |index| candidates[index],
+            now,
+            FORCE,
+        )
+    }
+
     #[test]
     fn nothing_to_pick_without_an_available_endpoint() {
         let now = Instant::now();
-        assert_eq!(choose(&[], [1, 2], now, FORCE), None);
-        let all_ejected = [
-            candidate(1.0, true, Some(now)),
-            candidate(1.0, true, Some(now)),
-        ];
-        assert_eq!(choose(&all_ejected, [1, 2], now, FORCE), None);
+        assert_eq!(choose_in(&[], &[1, 2], now), None);
+        let ejected = candidate(1.0, true, Some(now));
+        assert_eq!(choose_in(&[ejected], &[1, 2], now), None);
+        assert_eq!(choose_in(&[ejected; 2], &[1, 2], now), None);
+        let random = Random::seeded(3);
+        assert_eq!(choose_randomly(&[ejected; 50], &random, now), None);
+    }
+
+    #[test]
+    fn a_single_available_endpoint_is_picked() {
+        let now = Instant::now();
+        let alone = candidate(1.0, false, Some(now));
+        assert_eq!(choose_in(&[alone], &[], now), Some(0));
     }
 
     #[test]
     fn an_ejected_endpoint_is_never_picked_while_another_is_available() {
         let now = Instant::now();
         let random = Random::seeded(7);
-        // The ejected one is far cheaper and long neglected: it still loses.
+        // The ejected ones are far cheaper and never picked: they still lose.
         let candidates = [
             candidate(0.001, true, None),
             candidate(9.0, false, Some(now)),
             candidate(0.002, true, None),
         ];
         for _ in 0..1000 {
-            let draws = [random.next_u64(), random.next_u64()];
-            assert_eq!(choose(&candidates, draws, now, FORCE), Some(1));
+            assert_eq!(choose_randomly(&candidates, &random, now), Some(1));
+        }
+    }
+
+    #[test]
+    fn with_most_endpoints_ejected_the_available_ones_share_the_calls() {
+        let now = Instant::now();
+        let random = Random::seeded(11);
+        let mut candidates = [candidate(0.01, true, Some(now)); 10];
+        candidates[2].ejected = false;
+        candidates[7].ejected = false;
+        let mut counts = [0_u32; 10];
+        for _ in 0..2000 {
+            if let Some(index) = choose_randomly(&candidates, &random, now) {
+                counts[index] += 1;
+            }
+        }
+        assert_eq!(counts[2] + counts[7], 2000, "{counts:?}");
+        assert!((800..1200).contains(&counts[2]), "{counts:?}");
+    }
+
+    #[test]
+    fn a_pick_reads_two_endpoints_however_many_there_are() {
+        let now = Instant::now();
+        let random = Random::seeded(5);
+        let candidates = [candidate(0.01, false, Some(now)); 1000];
+        for _ in 0..100 {
+            let reads = Cell::new(0);
+            let picked = choose(
+                candidates.len(),
+                || random.next_u64(),
+                |index| {
+                    reads.set(reads.get() + 1);
+                    candidates[index]
+                },
+                now,
+                FORCE,
+            );
+            assert!(picked.is_some());
+            assert_eq!(reads.get(), 2);
         }
     }
 
@@ -154,8 +272,31 @@ mod tests {
             candidate(0.050, false, Some(now)),
             candidate(0.010, false, Some(now)),
         ];
-        assert_eq!(choose(&candidates, [0, 0], now, FORCE), Some(1));
-        assert_eq!(choose(&candidates, [1, 0], now, FORCE), Some(1));
+        assert_eq!(choose_in(&candidates, &[0, 0], now), Some(1));
+        assert_eq!(choose_in(&candidates, &[1, 0], now), Some(1));
+    }
+
+    #[test]
+    fn a_slow_endpoint_gets_calls_only_when_forced_or_when_the_fast_one_is_busy() {
+        let now = Instant::now();
+        let random = Random::seeded(9);
+        let fast = Duration::from_millis(1);
+        let slow = Duration::from_millis(50);
+        let cost = super::super::ewma::cost;
+        // Fast with up to 40 calls in flight still beats slow when idle.
+        for in_flight in 0..40 {
+            let candidates = [
+                candidate(cost(slow, 0), false, Some(now)),
+                candidate(cost(fast, in_flight), false, Some(now)),
+            ];
+            assert_eq!(choose_randomly(&candidates, &random, now), Some(1));
+        }
+        // At 50 it does not.
+        let candidates = [
+            candidate(cost(slow, 0), false, Some(now)),
+            candidate(cost(fast, 50), false, Some(now)),
+        ];
+        assert_eq!(choose_randomly(&candidates, &random, now), Some(0));
     }
 
     #[test]
@@ -167,17 +308,17 @@ mod tests {
             candidate(0.050, false, Some(long_ago)),
             candidate(0.010, false, Some(now)),
         ];
-        assert_eq!(choose(&neglected, [0, 0], now, FORCE), Some(0));
+        assert_eq!(choose_in(&neglected, &[0, 0], now), Some(0));
         let never_picked = [
             candidate(0.050, false, None),
             candidate(0.010, false, Some(now)),
         ];
-        assert_eq!(choose(&never_picked, [0, 0], now, FORCE), Some(0));
+        assert_eq!(choose_in(&never_picked, &[0, 0], now), Some(0));
         let picked_recently = [
             candidate(0.050, false, Some(recently)),
             candidate(0.010, false, Some(now)),
         ];
-        assert_eq!(choose(&picked_recently, [0, 0], now, FORCE), Some(1));
+        assert_eq!(choose_in(&picked_recently, &[0, 0], now), Some(1));
     }
 
     #[test]
@@ -187,8 +328,7 @@ mod tests {
         let candidates = [candidate(0.01, false, Some(now)); 4];
         let mut counts = [0_u32; 4];
         for _ in 0..4000 {
-            let draws = [random.next_u64(), random.next_u64()];
-            if let Some(index) = choose(&candidates, draws, now, FORCE) {
+            if let Some(index) = choose_randomly(&candidates, &random, now) {
                 counts[index] += 1;
             }
         }
@@ -209,7 +349,15 @@ mod tests {
         ];
         for first in 0..4 {
             for second in 0..4 {
-                assert_eq!(choose(&candidates, [first, second], now, FORCE), Some(0));
+                assert_eq!(choose_in(&candidates, &[first, second], now), Some(0));
+            }
+        }
+        for len in 2..40 {
+            for first in 0..80 {
+                for second in 0..80 {
+                    let (one, other) = two_distinct(len, [first, second]);
+                    assert!(one < len && other < len && one != other);
+                }
             }
         }
     }
