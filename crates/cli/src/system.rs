@@ -89,6 +89,14 @@ async fn start(
         }
         running.push(registry);
     }
+    if config.user.is_none()
+        && config.auth.is_none()
+        && config.product.is_none()
+        && config.gateway.is_none()
+    {
+        // The registry alone: nothing to find or verify.
+        return Ok(());
+    }
     let discovery = Discovery::connect(&discovery_config)
         .map_err(|error| anyhow::anyhow!("service discovery: {error}"))?;
     let verifier = Verifier::new(&config.verification, &discovery);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::settings::RegistrationConfig;
 use super::{HealthCheck, Registration, Registry, backoff};
@@ -18,9 +18,13 @@ use crate::admin::Readiness;
 
 /// How often readiness is asked while waiting to register.
 const READINESS_POLL: Duration = Duration::from_millis(100);
+/// How long a registration call still in flight at shutdown may take to finish before it is
+/// abandoned (a deregistration must not overtake it).
+const REGISTER_WAIT: Duration = Duration::from_secs(2);
 /// How long deregistering may take at shutdown before the drain goes on without it (the
-/// registry's own check then notices the instance is gone).
-const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// registry's own check then notices the instance is gone). Longer than one call to one etcd
+/// member, so a dead member does not use it up.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Registers one instance of a server with a registry.
 #[derive(Debug, Clone)]
@@ -87,20 +91,21 @@ impl Announcer {
             id: registration.id,
             name: registration.name,
             delay: self.config.deregister_delay,
-            stop,
+            stop: stop.drop_guard(),
             task,
         }
     }
 }
 
-/// A registration in progress or done; [`Announcement::withdraw`] ends it.
+/// A registration in progress or done; [`Announcement::withdraw`] ends it. Dropped without a
+/// withdrawal (the server failed), it stops retrying; the registry's check then notices.
 #[derive(Debug)]
 pub struct Announcement {
     registry: Arc<dyn Registry>,
     id: String,
     name: String,
     delay: Duration,
-    stop: CancellationToken,
+    stop: DropGuard,
     /// Whether a registration call was made (and may have landed).
     task: JoinHandle<bool>,
 }
@@ -114,23 +119,39 @@ impl Announcement {
     /// Stops registering, deregisters, and waits the deregistration delay so callers' watches
     /// drop this instance while it still serves. Returns at once if it never tried to register.
     pub async fn withdraw(self) {
-        self.stop.cancel();
-        let attempted = self.task.await.unwrap_or(true);
+        let Self {
+            registry,
+            id,
+            name,
+            delay,
+            stop,
+            mut task,
+        } = self;
+        drop(stop);
+        let attempted = match tokio::time::timeout(REGISTER_WAIT, &mut task).await {
+            Ok(outcome) => outcome.unwrap_or(true),
+            Err(_) => {
+                task.abort();
+                true
+            }
+        };
         if !attempted {
             return;
         }
-        match tokio::time::timeout(DEREGISTER_TIMEOUT, self.registry.deregister(&self.id)).await {
+        match tokio::time::timeout(DEREGISTER_TIMEOUT, registry.deregister(&id)).await {
             Ok(Ok(())) => {
-                tracing::info!(service = %self.name, id = %self.id, delay_ms = self.delay.as_millis() as u64, "deregistered; serving on while callers notice");
-                tokio::time::sleep(self.delay).await;
+                tracing::info!(service = %name, %id, delay_ms = delay.as_millis() as u64, "deregistered; serving on while callers notice");
             }
             Ok(Err(error)) => {
-                tracing::warn!(service = %self.name, id = %self.id, %error, "deregistering failed; the registry's check will notice the instance is gone");
+                tracing::warn!(service = %name, %id, %error, "deregistering failed; serving on for the delay while the registry's check notices");
             }
             Err(_) => {
-                tracing::warn!(service = %self.name, id = %self.id, timeout_s = DEREGISTER_TIMEOUT.as_secs(), "deregistering timed out; the registry's check will notice the instance is gone");
+                tracing::warn!(service = %name, %id, timeout_s = DEREGISTER_TIMEOUT.as_secs(), "deregistering timed out; serving on for the delay while the registry's check notices");
             }
         }
+        // Even when the registry did not answer, callers may have seen the instance leave (or
+        // will, once its check fails after health flips): keep serving while they notice.
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -215,6 +236,8 @@ mod tests {
     struct Recorder {
         calls: Mutex<Vec<String>>,
         failures: Mutex<u32>,
+        /// Registrations never answer.
+        hang: bool,
     }
 
     impl Recorder {
@@ -228,6 +251,9 @@ mod tests {
             Box::pin(async move {
                 if let Ok(mut calls) = self.calls.lock() {
                     calls.push(format!("register {}", registration.id));
+                }
+                if self.hang {
+                    std::future::pending::<()>().await;
                 }
                 let mut failures = self
                     .failures
@@ -358,5 +384,31 @@ mod tests {
         announcement.withdraw().await;
         assert!(registry.calls().is_empty());
         assert!(started.elapsed() < Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registration_that_never_answers_does_not_hold_the_shutdown() {
+        let registry = Arc::new(Recorder {
+            hang: true,
+            ..Recorder::default()
+        });
+        let announcer = Announcer::new(registry.clone(), config());
+        let registration = announcer.registration("product", ([127, 0, 0, 1], 1).into());
+        let id = registration.id.clone();
+        let announcement = announcer.start(registration, Readiness::new());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = tokio::time::Instant::now();
+        announcement.withdraw().await;
+        // Abandoned after REGISTER_WAIT, deregistered anyway (it may have landed), delay waited.
+        assert_eq!(
+            registry.calls(),
+            vec![format!("register {id}"), format!("deregister {id}")]
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= REGISTER_WAIT + Duration::from_millis(300),
+            "{took:?}"
+        );
+        assert!(took < REGISTER_WAIT + Duration::from_secs(1), "{took:?}");
     }
 }

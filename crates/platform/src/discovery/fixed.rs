@@ -1,12 +1,20 @@
 //! The `static` backend: a fixed list of instances per service, from `FLOTILLA_<SERVICE>_ENDPOINT`.
-//! Registering tells nobody; watching yields the fixed list once and then waits forever. For tests
-//! and for setups where addresses are managed elsewhere (a Kubernetes Service name, say): host
-//! names are resolved when a watch starts, and every address they resolve to is one instance.
+//! Registering tells nobody. For tests and for setups where addresses are managed elsewhere (a
+//! Kubernetes Service name, a compose service): host names are resolved when a watch starts and again
+//! every [`RESOLVE_INTERVAL`] (every [`RETRY_INTERVAL`] while nothing resolves), so an instance that
+//! comes back under a new address is found; every address a name resolves to is one instance, and the
+//! watch yields only when the set changes.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::{Instance, InstanceStream, Registration, Registry, RegistryFuture};
 use crate::config::{ConfigError, Settings};
+
+/// How often host names are resolved again.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How soon they are resolved again while none resolves.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The services Flotilla's own components call, with the gRPC port each listens on by default.
 pub const FLOTILLA_SERVICES: &[(&str, u16)] =
@@ -73,16 +81,32 @@ impl Registry for FixedRegistry {
     fn watch(&self, service: &str) -> InstanceStream {
         let service = service.to_owned();
         let endpoints = self.config.endpoints(&service).to_vec();
-        Box::pin(futures::StreamExt::chain(
-            futures::stream::once(resolve(service, endpoints)),
-            futures::stream::pending(),
+        let state = (service, endpoints, None::<Vec<Instance>>);
+        Box::pin(futures::stream::unfold(
+            state,
+            |(service, endpoints, last)| async move {
+                loop {
+                    if let Some(last) = &last {
+                        let wait = if last.is_empty() && !endpoints.is_empty() {
+                            RETRY_INTERVAL
+                        } else {
+                            RESOLVE_INTERVAL
+                        };
+                        tokio::time::sleep(wait).await;
+                    }
+                    let instances = resolve(&service, &endpoints).await;
+                    if last.as_ref() != Some(&instances) {
+                        return Some((instances.clone(), (service, endpoints, Some(instances))));
+                    }
+                }
+            },
         ))
     }
 }
 
 /// Every address the endpoints resolve to, as instances; an endpoint that does not resolve is
 /// left out with a warning (the others still serve).
-async fn resolve(service: String, endpoints: Vec<String>) -> Vec<Instance> {
+async fn resolve(service: &str, endpoints: &[String]) -> Vec<Instance> {
     let mut instances = Vec::new();
     for endpoint in endpoints {
         match tokio::net::lookup_host(endpoint.as_str()).await {
@@ -131,5 +155,23 @@ mod tests {
         let next = tokio::time::timeout(std::time::Duration::from_millis(20), watch.next()).await;
         assert!(next.is_err(), "no further change");
         assert_eq!(registry.watch("user").next().await, Some(Vec::new()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_are_resolved_again_and_only_changes_are_yielded() {
+        let config = StaticConfig::default()
+            .with_service("product", vec!["127.0.0.1:50053".into()])
+            .with_service("user", vec!["no-such-host.invalid:1".into()]);
+        let registry = FixedRegistry::new(config);
+        let mut product = registry.watch("product");
+        assert_eq!(product.next().await.map(|set| set.len()), Some(1));
+        // Resolved again every interval, but the same answer is not yielded again.
+        let next = tokio::time::timeout(RESOLVE_INTERVAL * 3, product.next()).await;
+        assert!(next.is_err(), "no change, nothing yielded");
+        // A name that does not resolve yields an empty set once, then is retried quietly.
+        let mut user = registry.watch("user");
+        assert_eq!(user.next().await, Some(Vec::new()));
+        let next = tokio::time::timeout(RETRY_INTERVAL * 5, user.next()).await;
+        assert!(next.is_err(), "still nothing, nothing yielded");
     }
 }

@@ -139,6 +139,9 @@ pub struct Discovery {
     registration: RegistrationConfig,
     /// Whether registering tells anyone (not with the `static` backend).
     announces: bool,
+    /// One channel per service for the whole component: one watch and one set of connections,
+    /// however many clients (the gateway's handlers, the token verifier) call the service.
+    channels: Arc<std::sync::Mutex<BTreeMap<String, balance::Balanced>>>,
 }
 
 impl Discovery {
@@ -159,6 +162,7 @@ impl Discovery {
             registry,
             registration: config.registration.clone(),
             announces,
+            channels: Arc::default(),
         })
     }
 
@@ -168,6 +172,7 @@ impl Discovery {
             registry,
             registration,
             announces: true,
+            channels: Arc::default(),
         }
     }
 
@@ -183,6 +188,7 @@ impl Discovery {
             registry: Arc::new(fixed::FixedRegistry::new(config)),
             registration: RegistrationConfig::default(),
             announces: false,
+            channels: Arc::default(),
         }
     }
 
@@ -191,10 +197,19 @@ impl Discovery {
         &self.registry
     }
 
-    /// A load-balanced channel to the healthy instances of `service`, following the registry.
-    /// Needs a tokio runtime (it starts the watch).
+    /// A load-balanced channel to the healthy instances of `service`, following the registry; the
+    /// same one (a clone) for every caller in this component. Needs a tokio runtime (the first call
+    /// for a service starts its watch).
     pub fn channel(&self, service: &str) -> balance::Balanced {
-        balance::Balanced::new(service, self.registry.watch(service))
+        let open = || balance::Balanced::new(service, self.registry.watch(service));
+        match self.channels.lock() {
+            Ok(mut channels) => channels
+                .entry(service.to_owned())
+                .or_insert_with(open)
+                .clone(),
+            // A panic while opening a channel poisoned the cache: serve unshared channels.
+            Err(_) => open(),
+        }
     }
 
     /// What registers this component's servers; `None` when registering would tell nobody (the
@@ -202,5 +217,50 @@ impl Discovery {
     pub fn announcer(&self) -> Option<Announcer> {
         self.announces
             .then(|| Announcer::new(Arc::clone(&self.registry), self.registration.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts the watches it is asked for.
+    #[derive(Debug, Default)]
+    struct Watches(AtomicUsize);
+
+    impl Registry for Watches {
+        fn register<'a>(&'a self, _registration: &'a Registration) -> RegistryFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn deregister<'a>(&'a self, _id: &'a str) -> RegistryFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn watch(&self, _service: &str) -> InstanceStream {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(futures::stream::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn one_channel_and_one_watch_per_service_per_component() {
+        let watches = Arc::new(Watches::default());
+        let discovery = Discovery::with_registry(watches.clone(), RegistrationConfig::default());
+        let _gateway = discovery.channel("auth");
+        let _verifier = discovery.clone().channel("auth");
+        assert_eq!(watches.0.load(Ordering::SeqCst), 1);
+        let _products = discovery.channel("product");
+        assert_eq!(watches.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_static_backend_announces_nothing() {
+        let fixed = Discovery::fixed(&[("user", ([127, 0, 0, 1], 50051).into())]);
+        assert!(fixed.announcer().is_none());
+        let consul = Discovery::connect(&DiscoveryConfig::consul_at(([127, 0, 0, 1], 8500).into()));
+        assert!(consul.is_ok_and(|discovery| discovery.announcer().is_some()));
     }
 }
