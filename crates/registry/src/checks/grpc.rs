@@ -25,7 +25,10 @@ pub(super) struct GrpcProbe {
     target: String,
     /// The service asked about (`""`: the whole server).
     service: String,
-    client: HealthClient<Channel>,
+    /// Connected afresh for every run and closed after it, as Consul's agent does: a connection
+    /// kept per check would hold a socket and its HTTP/2 state (60-90 KiB) for every registered
+    /// instance between runs.
+    endpoint: Box<Endpoint>,
 }
 
 impl GrpcProbe {
@@ -60,7 +63,7 @@ impl GrpcProbe {
         Ok(Self {
             target: target.to_owned(),
             service: service.to_owned(),
-            client: HealthClient::new(endpoint.connect_lazy()),
+            endpoint: Box::new(endpoint),
         })
     }
 
@@ -75,7 +78,19 @@ impl GrpcProbe {
         let request = HealthCheckRequest {
             service: self.service.clone(),
         };
-        match self.client.clone().check(request).await {
+        let channel: Channel = match self.endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(error) => {
+                return (
+                    Status::Critical,
+                    format!(
+                        "rpc error: code = Unavailable desc = connection error: {}",
+                        source_chain(&error)
+                    ),
+                );
+            }
+        };
+        match HealthClient::new(channel).check(request).await {
             Ok(response) => {
                 let status = ServingStatus::try_from(response.into_inner().status)
                     .unwrap_or(ServingStatus::Unknown);
@@ -105,6 +120,18 @@ impl GrpcProbe {
             ),
         }
     }
+}
+
+/// An error with its causes, `outer: inner: innermost`, as Go prints wrapped errors.
+fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// `TLSSkipVerify` for gRPC: accepts any server certificate (Go's `InsecureSkipVerify`), while
