@@ -10,6 +10,7 @@
 //! - [`database`]: a service's own SQLite or PostgreSQL database, migrated at start;
 //! - [`discovery`]: registering with, and watching, a service registry (Consul's API, or fixed);
 //! - [`pagination`]: AIP-158 page sizes and opaque page tokens;
+//! - [`resilience`]: circuit breakers, retries, deadlines, load shedding, fault injection;
 //! - [`time`]: instants in the database, on the wire and in JSON;
 //! - [`validation`]: the shape of a broken rule in a request;
 //! - [`telemetry`]: logging (JSON or text).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod database;
 pub mod discovery;
 pub mod pagination;
+pub mod resilience;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

@@ -232,6 +232,8 @@ impl GrpcServer {
                     .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(
                         tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
                     ))
+                    // Calls a handler makes inherit the deadline of the call it serves.
+                    .layer(crate::resilience::deadline::InheritDeadlineLayer)
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), closed)
             },

@@ -74,7 +74,6 @@
 //! TLS is not configured here: Flotilla's services speak plain HTTP/2 inside the deployment.
 
 mod body;
-mod deadline;
 mod ejection;
 mod endpoint;
 mod ewma;
@@ -103,6 +102,7 @@ use self::body::InFlightBody;
 use self::ejection::BackoffPolicy;
 use self::endpoint::{CallGuard, Endpoint, ProbeTicket, describe};
 use super::{Instance, InstanceStream};
+use crate::resilience::deadline;
 
 /// How [`Balanced`] connects, estimates and ejects. Every field has a default chosen for
 /// Flotilla's deployments (instances in one network, calls of milliseconds).
@@ -358,8 +358,8 @@ impl Shared {
         self: Arc<Self>,
         mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, BoxError> {
-        let deadline =
-            deadline::timeout(request.headers()).map(|timeout| later(Instant::now(), timeout));
+        // The call's own timeout, or what is left of the deadline of the call being served.
+        let deadline = deadline::outgoing(request.headers_mut(), Instant::now())?;
         let mut waited = false;
         if *self.discovery.borrow() != Discovery::Answered {
             self.first_answer(deadline).await?;

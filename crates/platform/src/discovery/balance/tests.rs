@@ -1313,3 +1313,36 @@ async fn one_probe_at_a_time_and_a_dead_one_is_replaced() -> TestResult {
     assert_eq!(third.due(), Some(now));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_while_serving_inherits_what_is_left_of_the_served_deadline() -> TestResult {
+    use crate::resilience::deadline;
+    let server = TestServer::start(Duration::from_millis(300)).await?;
+    let (discovery, instances) = feed();
+    discovery.send(vec![instance("product-1", server.addr)])?;
+    let mut client = HealthClient::new(Balanced::new("product", instances));
+    check(&mut client).await?;
+
+    // Serving a call with 100 ms left: the outgoing call, with no timeout of its own, is cut off
+    // then, before the server's 300 ms answer.
+    let served_until = tokio::time::Instant::now() + Duration::from_millis(100);
+    let status = deadline::scope(Some(served_until), client.check(request()))
+        .await
+        .err()
+        .ok_or("the call outlived the deadline it inherited")?;
+    assert_eq!(
+        status.code(),
+        Code::Cancelled,
+        "tonic's code for a deadline: {status:?}"
+    );
+
+    // A deadline that has passed: the call is not started at all.
+    let before = server.calls();
+    let status = deadline::scope(Some(tokio::time::Instant::now()), client.check(request()))
+        .await
+        .err()
+        .ok_or("a call past its deadline was made")?;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(server.calls(), before);
+    Ok(())
+}
