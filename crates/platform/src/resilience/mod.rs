@@ -1,4 +1,6 @@
 //! Keeping a failing or slow instance from taking the system down with it: circuit breakers,
 //! retries within a budget, deadlines, load shedding and fault injection, each a tower layer,
 //! composed once in the client stack or in [`crate::serve`].
+
+pub mod breaker;
 pub mod deadline;
