@@ -1,0 +1,294 @@
+//! The tower layer: admits a call while fewer than the limit are in flight, sheds it otherwise, and
+//! feeds every finished call back to the [`AimdLimit`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::Frame;
+use tokio::time::Instant;
+use tonic::Code;
+
+use super::{AimdLimit, LimitConfig, Outcome, Sample};
+
+/// Services that are never limited: health checks must answer while the server sheds load, and
+/// reflection is an operator's tool for exactly such moments.
+const EXEMPT_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// The least time between two "shedding" warnings: under overload there is one shed call per
+/// request, and a warning each would drown the log.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Server side: limits the calls in flight to an adaptive limit, answering `RESOURCE_EXHAUSTED` at
+/// once to those over it. Every service made from one layer (tonic makes one per connection)
+/// shares its count and its limit.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl ConcurrencyLimitLayer {
+    /// A layer whose limit starts at `config.initial`.
+    pub fn new(config: &LimitConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    in_flight: 0,
+                    limit: AimdLimit::new(config),
+                    last_warned: None,
+                    shed_unreported: 0,
+                }),
+            }),
+        }
+    }
+
+    /// The calls in flight and the current limit, for metrics.
+    pub fn current(&self) -> (u32, u32) {
+        self.shared.current()
+    }
+}
+
+impl<S> tower::Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConcurrencyLimit {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service [`ConcurrencyLimitLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> ConcurrencyLimit<S> {
+    /// The calls in flight and the current limit, for metrics.
+    pub fn current(&self) -> (u32, u32) {
+        self.shared.current()
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ConcurrencyLimit<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the inner service's alone: a full limit sheds calls, it never makes the
+        // connection wait.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if EXEMPT_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        {
+            return Box::pin(self.inner.call(request));
+        }
+        // Admission happens here, not in the future, so the count is right the moment a call is
+        // accepted and two calls cannot both take the last place.
+        let Some(mut permit) = Shared::try_acquire(&self.shared) else {
+            let (in_flight, limit) = self.shared.current();
+            let status = tonic::Status::resource_exhausted(format!(
+                "server overloaded: {in_flight} calls in flight (limit {limit}); retry later"
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            // An error, or this future dropped (the caller gave up), drops the permit unsampled.
+            let response = call.await?;
+            permit.latency = Some(permit.started.elapsed());
+            permit.code = grpc_status(response.headers());
+            let (parts, body) = response.into_parts();
+            let body = tonic::body::Body::new(LimitedBody {
+                inner: body,
+                permit: Some(permit),
+            });
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}
+
+/// The count and the limit, shared by every service of one layer.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    in_flight: u32,
+    limit: AimdLimit,
+    last_warned: Option<Instant>,
+    /// Calls shed since the last warning, so the warning can say how many it stands for.
+    shed_unreported: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent across a panic (each update is one assignment), so a
+        // poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current(&self) -> (u32, u32) {
+        let state = self.lock();
+        (state.in_flight, state.limit.limit())
+    }
+
+    /// A place for one call, or `None` (and a rate-limited warning) when the limit is reached.
+    fn try_acquire(shared: &Arc<Self>) -> Option<Permit> {
+        let mut state = shared.lock();
+        let limit = state.limit.limit();
+        if state.in_flight >= limit {
+            state.shed_unreported += 1;
+            let now = Instant::now();
+            let due = state
+                .last_warned
+                .is_none_or(|last| now.saturating_duration_since(last) >= WARN_INTERVAL);
+            if due {
+                tracing::warn!(
+                    in_flight = state.in_flight,
+                    limit,
+                    shed = state.shed_unreported,
+                    "concurrency limit reached: shedding calls with RESOURCE_EXHAUSTED"
+                );
+                state.last_warned = Some(now);
+                state.shed_unreported = 0;
+            }
+            return None;
+        }
+        state.in_flight += 1;
+        Some(Permit {
+            shared: Arc::clone(shared),
+            in_flight: state.in_flight,
+            started: Instant::now(),
+            latency: None,
+            code: None,
+        })
+    }
+
+    fn release(&self, sample: Option<Sample>) {
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if let Some(sample) = sample {
+            let before = state.limit.limit();
+            let after = state.limit.on_sample(sample);
+            if after != before {
+                tracing::debug!(
+                    before,
+                    after,
+                    in_flight = state.in_flight,
+                    "concurrency limit changed"
+                );
+            }
+        }
+    }
+}
+
+/// One admitted call's place; giving it back (dropping it) is what ends the call for the count.
+#[derive(Debug)]
+struct Permit {
+    shared: Arc<Shared>,
+    /// Calls in flight when this one was admitted, itself included.
+    in_flight: u32,
+    started: Instant,
+    /// Time to the response headers; `None` until they came.
+    latency: Option<Duration>,
+    /// The call's gRPC status once seen (headers or trailers).
+    code: Option<Code>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let sample = match (self.latency, self.code) {
+            (Some(latency), Some(code)) => Some(Sample {
+                latency,
+                in_flight: self.in_flight,
+                outcome: Outcome::of(code),
+            }),
+            _ => None,
+        };
+        self.shared.release(sample);
+    }
+}
+
+/// A response body holding its call's [`Permit`] until it ends or is dropped, and reading the
+/// status from the trailers on the way.
+#[derive(Debug)]
+struct LimitedBody<B> {
+    inner: B,
+    permit: Option<Permit>,
+}
+
+impl<B> http_body::Body for LimitedBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Trailers are the last frame: the call is over, whether or not the body is
+                // polled again.
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(mut permit) = this.permit.take()
+                {
+                    permit.code = grpc_status(trailers).or(permit.code).or(Some(Code::Ok));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut permit) = this.permit.take() {
+                    // A body that ends without trailers ended well, unless its headers said
+                    // otherwise.
+                    permit.code = permit.code.or(Some(Code::Ok));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut permit) = this.permit.take() {
+                    // A broken stream says nothing about load: no sample.
+                    permit.latency = None;
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The `grpc-status` in `headers`, if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| Code::from_bytes(value.as_bytes()))
+}
