@@ -4,4 +4,5 @@
 
 pub mod breaker;
 pub mod deadline;
+pub mod faults;
 pub mod limit;
