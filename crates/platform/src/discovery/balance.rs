@@ -50,7 +50,20 @@
 //!   calls is first probed one step further along the back-off each time. One probe task per
 //!   instance at a time; a pick that meets an ejected instance whose probe died or is long
 //!   overdue starts a new one. gRPC errors that arrive as a response (`grpc-status` in the
-//!   trailers) are the server's answer, not an ejection.
+//!   trailers) are the server's answer, not a transport failure.
+//! - **Failed answers** (`balance/verdict.rs`, linkerd2-proxy's failure accrual). An instance that
+//!   answers [`BalanceOptions::eject_after_failures`] calls in a row (7) with a server-side
+//!   failure code (`UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DEADLINE_EXCEEDED`,
+//!   `RESOURCE_EXHAUSTED`: the circuit breakers' classification) leaves the picker for a back-off
+//!   (1 s doubling to 60 s with jitter, per ejection in a row), even while the service's breaker
+//!   stays closed. Its connection works, so it is not probed: it returns when the back-off ends,
+//!   on probation (the next failure ejects it again for twice as long; one good answer wipes the
+//!   slate). When nothing else is left to pick, such an instance is picked anyway: its answer,
+//!   even a failure, beats a call failing here.
+//! - **Attempts** (`resilience::attempt`). Every answer carries an `Attempted` extension naming
+//!   the instance, and every failure is an `AttemptError` saying which instance it was and
+//!   whether the request can have reached it, for the retry layer above; a request with an
+//!   `AvoidInstances` extension goes elsewhere while another instance can take it.
 //! - **Every instance ejected.** A call then waits for a probe to succeed, up to
 //!   [`BalanceOptions::connect_timeout`] and never past its own deadline, and fails `UNAVAILABLE`
 //!   if none does (at once when no probe can end in time). While calls wait, an instance's next
@@ -60,8 +73,8 @@
 //!   panic routing (send to all hosts when too many are ejected), suits hosts ejected by health
 //!   statistics that may still answer; ours are ejected because their connection failed, so a
 //!   call sent there would only be a probe that fails in the caller's face.
-//! - **Our own failures** are a `tonic::Status` in the `BoxError`, which tonic's client recovers
-//!   with `Status::from_error`: `UNAVAILABLE` with the service's name when discovery lists no
+//! - **Our own failures** are a `tonic::Status` inside the `AttemptError` in the `BoxError`,
+//!   which tonic's client recovers with `Status::from_error`: `UNAVAILABLE` with the service's name when discovery lists no
 //!   instance, when it has not answered in time or stopped before answering, when every instance
 //!   stays ejected, and when the instance a call went to failed at the transport level (the
 //!   instance's address and the cause in the message; tonic alone would say `Unknown` or
@@ -78,6 +91,7 @@ mod ejection;
 mod endpoint;
 mod ewma;
 mod pick;
+mod verdict;
 
 #[cfg(test)]
 mod tests;
@@ -101,7 +115,9 @@ use tower::{BoxError, Service, ServiceExt};
 use self::body::InFlightBody;
 use self::ejection::BackoffPolicy;
 use self::endpoint::{CallGuard, Endpoint, ProbeTicket, describe};
+use self::verdict::Verdict;
 use super::{Instance, InstanceStream};
+use crate::resilience::attempt::{AttemptError, Attempted, AvoidInstances, Reach};
 use crate::resilience::deadline;
 
 /// How [`Balanced`] connects, estimates and ejects. Every field has a default chosen for
@@ -151,6 +167,11 @@ pub struct BalanceOptions {
     /// Whether a new instance is connected to at once, in the background (default true), so its
     /// first call does not pay the handshake and a refusing instance is ejected before any call.
     pub connect_eagerly: bool,
+    /// How many answers in a row with a server-side failure code (`UNAVAILABLE`, `INTERNAL`…)
+    /// eject an instance for a back-off (default 7, linkerd2-proxy's failure accrual; 0 turns it
+    /// off). Lower, and a short burst of errors on a healthy instance takes it out; much higher,
+    /// and a broken instance keeps its share of calls for long.
+    pub eject_after_failures: u32,
 }
 
 impl Default for BalanceOptions {
@@ -167,6 +188,7 @@ impl Default for BalanceOptions {
             ejection_jitter: 0.2,
             first_answer_timeout: Duration::from_secs(5),
             connect_eagerly: true,
+            eject_after_failures: 7,
         }
     }
 }
@@ -200,10 +222,13 @@ pub struct EndpointSnapshot {
     pub in_flight: usize,
     /// The peak-EWMA latency estimate.
     pub latency: Duration,
-    /// While the instance is ejected: when its next probe is due (past while one is connecting);
-    /// `None` while it is in the picker.
+    /// While the instance is ejected: when its next probe is due (past while one is connecting),
+    /// or when it is readmitted if it sits out for failed answers; `None` while it is in the
+    /// picker.
     pub ejected_until: Option<Instant>,
-    /// Failed calls and probes since its last successful call.
+    /// Whether it sits out for failed answers (rather than a failed connection).
+    pub ejected_for_failed_answers: bool,
+    /// Failed calls, failed answers and failed probes since its last good answer.
     pub consecutive_failures: u32,
 }
 
@@ -359,33 +384,53 @@ impl Shared {
         mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, BoxError> {
         // The call's own timeout, or what is left of the deadline of the call being served.
-        let deadline = deadline::outgoing(request.headers_mut(), Instant::now())?;
+        let deadline = deadline::outgoing(request.headers_mut(), Instant::now())
+            .map_err(AttemptError::unsent)?;
         let mut waited = false;
         if *self.discovery.borrow() != Discovery::Answered {
-            self.first_answer(deadline).await?;
+            self.first_answer(deadline)
+                .await
+                .map_err(AttemptError::unsent)?;
             waited = true;
         }
-        let (endpoint, mut channel, mut guard) = match self.pick(Instant::now()) {
+        let avoid = request.extensions_mut().remove::<AvoidInstances>();
+        let (endpoint, mut channel, mut guard) = match self.pick(Instant::now(), avoid.as_ref()) {
             Ok(picked) => picked,
-            Err(NoPick::Empty) => return Err(self.no_instance().into()),
+            Err(NoPick::Empty) => return Err(AttemptError::unsent(self.no_instance()).into()),
             Err(NoPick::AllEjected) => {
                 waited = true;
-                self.wait_for_a_probe(deadline).await?
+                self.wait_for_a_probe(deadline)
+                    .await
+                    .map_err(AttemptError::unsent)?
             }
         };
         if waited && let Some(deadline) = deadline {
             let remaining = deadline.saturating_duration_since(Instant::now());
             deadline::set_timeout(request.headers_mut(), remaining);
         }
-        let outcome = match channel.ready().await {
-            Ok(ready) => ready.call(request).await,
-            Err(error) => Err(error),
+        let (outcome, handed_over) = match channel.ready().await {
+            Ok(ready) => (ready.call(request).await, true),
+            Err(error) => (Err(error), false),
         };
         let now = Instant::now();
         match outcome {
-            Ok(response) => {
-                endpoint.succeeded(&mut guard, now, self.options.decay);
-                Ok(response.map(|body| Body::new(InFlightBody::new(body, guard))))
+            Ok(mut response) => {
+                endpoint.answered(&mut guard, now, self.options.decay);
+                response.extensions_mut().insert(Attempted {
+                    instance: Arc::clone(&endpoint.id),
+                });
+                // A trailers-only answer (how tonic servers send errors) carries its status in
+                // the headers; any other carries it in the trailers, read as the body ends.
+                let report = match verdict::verdict(response.headers()) {
+                    Some(found) => {
+                        if let Some(found) = found {
+                            self.conclude(&endpoint, &guard, found);
+                        }
+                        None
+                    }
+                    None => Some((Arc::clone(&self), Arc::clone(&endpoint))),
+                };
+                Ok(response.map(|body| Body::new(InFlightBody::new(body, guard, report))))
             }
             // The caller's own deadline (tonic's `grpc-timeout` enforcement inside the channel):
             // not the instance's failure. Dropping the guard records the wait as a lower bound.
@@ -394,13 +439,48 @@ impl Shared {
                 let description = describe(&error);
                 self.transport_failure(&endpoint, guard.generation(), now, description.clone());
                 guard.settle();
+                let reach = if !handed_over || never_sent(&error) {
+                    Reach::NotSent
+                } else {
+                    Reach::MaybeSent
+                };
                 let mut status = Status::unavailable(format!(
                     "calling {} instance {} at {} failed: {description}",
                     self.service, endpoint.id, endpoint.addr
                 ));
                 status.set_source(Arc::new(error));
-                Err(Box::new(status))
+                Err(Box::new(AttemptError::new(
+                    status,
+                    Some(Arc::clone(&endpoint.id)),
+                    reach,
+                )))
             }
+        }
+    }
+
+    /// Records the gRPC status of an answer from `endpoint`; ejects it when that makes too many
+    /// failed answers in a row.
+    fn conclude(self: &Arc<Self>, endpoint: &Arc<Endpoint>, guard: &CallGuard, found: Verdict) {
+        let error = found.as_ref().err().cloned();
+        let ejected = endpoint.concluded(
+            guard,
+            found,
+            self.options.eject_after_failures,
+            &self.options.backoff(),
+            self.random.fraction(),
+        );
+        if let Some(delay) = ejected {
+            tracing::warn!(
+                service = %self.service,
+                instance = %endpoint.id,
+                addr = %endpoint.addr,
+                failures = self.options.eject_after_failures,
+                last = error.as_deref().unwrap_or_default(),
+                back_in = %humantime::format_duration(delay),
+                "instance ejected from the balancer after failed answers in a row"
+            );
+            self.ensure_probe(endpoint, Instant::now());
+            self.changed();
         }
     }
 
@@ -442,31 +522,63 @@ impl Shared {
 
     /// Chooses the endpoint for one call and counts the call on it. Makes sure every ejected
     /// endpoint it looks at has a probe.
-    fn pick(self: &Arc<Self>, now: Instant) -> Result<Picked, NoPick> {
+    ///
+    /// Preference, one pass each until one finds an endpoint: available and not in `avoid`;
+    /// available; sitting out for failed answers (its connection works; Envoy's "panic routing"
+    /// for hosts ejected on statistics). Endpoints whose connection failed are never picked.
+    fn pick(
+        self: &Arc<Self>,
+        now: Instant,
+        avoid: Option<&AvoidInstances>,
+    ) -> Result<Picked, NoPick> {
         let endpoints = self.endpoints();
+        if endpoints.is_empty() {
+            return Err(NoPick::Empty);
+        }
+        if let Some(avoid) = avoid.filter(|avoid| !avoid.is_empty())
+            && let Some(picked) = self.pick_among(&endpoints, now, Some(avoid), false)
+        {
+            return Ok(picked);
+        }
+        if let Some(picked) = self.pick_among(&endpoints, now, None, false) {
+            return Ok(picked);
+        }
+        if endpoints
+            .iter()
+            .any(|endpoint| endpoint.sits_out_for_answers())
+            && let Some(picked) = self.pick_among(&endpoints, now, None, true)
+        {
+            return Ok(picked);
+        }
+        Err(NoPick::AllEjected)
+    }
+
+    fn pick_among(
+        self: &Arc<Self>,
+        endpoints: &[Arc<Endpoint>],
+        now: Instant,
+        avoid: Option<&AvoidInstances>,
+        admit_failing: bool,
+    ) -> Option<Picked> {
         let chosen = pick::choose(
             endpoints.len(),
             || self.random.next_u64(),
             |index| {
                 let endpoint = &endpoints[index];
-                let candidate = endpoint.candidate();
+                let mut candidate = endpoint.candidate(admit_failing);
                 if candidate.ejected {
                     self.ensure_probe(endpoint, now);
+                } else if avoid.is_some_and(|avoid| avoid.contains(&endpoint.id)) {
+                    candidate.ejected = true;
                 }
                 candidate
             },
             now,
             self.options.force_pick_after,
-        );
-        match chosen {
-            Some(index) => {
-                let endpoint = Arc::clone(&endpoints[index]);
-                let (channel, guard) = endpoint.start_call(now);
-                Ok((endpoint, channel, guard))
-            }
-            None if endpoints.is_empty() => Err(NoPick::Empty),
-            None => Err(NoPick::AllEjected),
-        }
+        )?;
+        let endpoint = Arc::clone(&endpoints[chosen]);
+        let (channel, guard) = endpoint.start_call(now);
+        Some((endpoint, channel, guard))
     }
 
     /// Every endpoint is ejected: waits for a probe to bring one back, up to the connect timeout
@@ -483,7 +595,7 @@ impl Shared {
         loop {
             changes.borrow_and_update();
             let now = Instant::now();
-            match self.pick(now) {
+            match self.pick(now, None) {
                 Ok(picked) => return Ok(picked),
                 Err(NoPick::Empty) => return Err(self.no_instance()),
                 Err(NoPick::AllEjected) => {}
@@ -610,7 +722,7 @@ impl Shared {
         for instance in &instances {
             // `kept` is sorted by id, as the list it comes from.
             if kept
-                .binary_search_by(|endpoint| endpoint.id.as_str().cmp(&instance.id))
+                .binary_search_by(|endpoint| (*endpoint.id).cmp(instance.id.as_str()))
                 .is_ok()
             {
                 continue;
@@ -738,6 +850,19 @@ async fn probe(shared: Arc<Shared>, ticket: ProbeTicket) {
             }
             continue;
         }
+        // Sitting out for failed answers: its connection works, so it returns on probation.
+        if ticket.for_answers() {
+            if ticket.readmit() {
+                tracing::info!(
+                    service = %shared.service,
+                    instance = %endpoint.id,
+                    addr = %endpoint.addr,
+                    "instance readmitted to the balancer on probation after failed answers"
+                );
+                shared.changed();
+            }
+            return;
+        }
         match endpoint.connect(shared.options.connect_timeout).await {
             Ok(channel) => {
                 if ticket.restore(channel) {
@@ -784,6 +909,24 @@ fn earlier(patience: Instant, deadline: Option<Instant>) -> (Instant, bool) {
         Some(deadline) if deadline < patience => (deadline, true),
         _ => (patience, false),
     }
+}
+
+/// Whether a failed call certainly never reached the server: the connection could not be opened,
+/// or the server refused the stream unread (HTTP/2 `REFUSED_STREAM`, sent for streams a server
+/// going away will not serve).
+fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<tonic::ConnectError>()
+            || error
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 /// Whether the channel gave up because the call's own deadline passed.

@@ -2,6 +2,7 @@
 //! retries within a budget, deadlines, load shedding and fault injection, each a tower layer,
 //! composed once in the client stack or in [`crate::serve`].
 
+pub mod attempt;
 pub mod breaker;
 pub mod deadline;
 pub mod faults;

@@ -11,6 +11,14 @@
 //! opened (it accepts connections, but calls on them fail) starts where the last ejection's
 //! back-off stood, so such a host gets one failed call per back-off rather than one per probe.
 //! Only a success on a connection opened after the last ejection clears that memory.
+//!
+//! Failed *answers* eject too, after linkerd2-proxy's failure accrual: an endpoint whose calls
+//! were answered with a server-side failure ([`crate::resilience::breaker::counts_as_failure`])
+//! so many times in a row leaves the picker for a back-off of its own (1 s, doubling with each
+//! ejection in a row, to 60 s), even while the service as a whole looks fine. Its connection
+//! works, so nothing is probed: when the back-off ends it returns on probation, its failures
+//! remembered, and its next failure ejects it again for twice as long, while one success wipes
+//! the slate.
 
 use std::time::Duration;
 
@@ -61,6 +69,9 @@ pub(super) struct Ejection {
     last_probe: Option<Instant>,
     /// The last failure and when it happened.
     last_error: Option<(Instant, String)>,
+    /// Whether the current ejection is for failed answers rather than a failed connection: it
+    /// ends by readmission, not by a new connection.
+    for_answers: bool,
 }
 
 impl Ejection {
@@ -86,14 +97,42 @@ impl Ejection {
         policy: &BackoffPolicy,
         fraction: f64,
     ) -> Option<Duration> {
-        if self.next_probe.is_some() {
+        // A connection failing while the endpoint sits out for failed answers turns the ejection
+        // into one that ends only with a new connection.
+        if self.next_probe.is_some() && !self.for_answers {
             return None;
         }
+        self.for_answers = false;
         self.ejections = self.ejections.saturating_add(1);
         self.failed_probes = 0;
         let delay = self.delay(policy, fraction);
         self.next_probe = Some(now + delay);
         Some(delay)
+    }
+
+    /// Ejects the endpoint at `now` for failed answers: for one back-off step per ejection since
+    /// the last success (1 s, then 2 s… up to the maximum). Returns how long, or `None` when it is
+    /// ejected already.
+    pub(super) fn eject_for_answers(
+        &mut self,
+        now: Instant,
+        policy: &BackoffPolicy,
+        fraction: f64,
+    ) -> Option<Duration> {
+        if self.next_probe.is_some() {
+            return None;
+        }
+        self.for_answers = true;
+        self.ejections = self.ejections.saturating_add(1);
+        self.failed_probes = 0;
+        let delay = policy.backoff(self.ejections, fraction);
+        self.next_probe = Some(now + delay);
+        Some(delay)
+    }
+
+    /// Whether the current ejection is for failed answers (it ends by readmission).
+    pub(super) fn is_for_answers(&self) -> bool {
+        self.next_probe.is_some() && self.for_answers
     }
 
     /// A probe (or the warm-up, which is one) failed at `now`: the next one waits one step
@@ -131,6 +170,7 @@ impl Ejection {
     pub(super) fn restore(&mut self) {
         self.next_probe = None;
         self.failed_probes = 0;
+        self.for_answers = false;
     }
 
     /// Whether the endpoint is out of the picker.
@@ -270,6 +310,42 @@ mod tests {
             ejection.last_error().map(|(_, error)| error.as_str()),
             Some("reset")
         );
+    }
+
+    #[test]
+    fn failed_answers_eject_for_a_back_off_that_doubles_until_a_success() {
+        let now = Instant::now();
+        let mut ejection = Ejection::default();
+        let delays: Vec<u64> = (0..8)
+            .map(|_| {
+                let delay = ejection.eject_for_answers(now, &POLICY, 0.0);
+                assert!(ejection.is_for_answers());
+                assert_eq!(ejection.eject_for_answers(now, &POLICY, 0.0), None);
+                ejection.restore();
+                delay.map_or(0, |delay| delay.as_secs())
+            })
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert!(!ejection.is_ejected());
+
+        ejection.record_success();
+        assert_eq!(
+            ejection.eject_for_answers(now, &POLICY, 0.0),
+            Some(secs(1)),
+            "a success starts the back-off over"
+        );
+    }
+
+    #[test]
+    fn a_connection_failure_takes_over_an_ejection_for_answers() {
+        let now = Instant::now();
+        let mut ejection = Ejection::default();
+        ejection.eject_for_answers(now, &POLICY, 0.0);
+        assert_eq!(ejection.next_probe(), Some(now + secs(1)));
+        // The second ejection in a row: one step along, and it now needs a new connection.
+        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(secs(1)));
+        assert!(ejection.is_ejected() && !ejection.is_for_answers());
+        assert_eq!(ejection.eject_for_answers(now, &POLICY, 0.0), None);
     }
 
     #[test]

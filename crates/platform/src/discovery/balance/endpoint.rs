@@ -19,8 +19,9 @@ use crate::discovery::Instance;
 /// One instance of the service.
 #[derive(Debug)]
 pub(super) struct Endpoint {
-    /// The instance's id in discovery.
-    pub(super) id: String,
+    /// The instance's id in discovery (shared with the
+    /// [`crate::resilience::attempt::Attempted`] of every answer).
+    pub(super) id: Arc<str>,
     /// Where it listens.
     pub(super) addr: SocketAddr,
     /// How to open a connection to it (timeouts and keep-alive included).
@@ -71,7 +72,7 @@ impl Endpoint {
             .keep_alive_while_idle(true);
         let channel = config.connect_lazy();
         Ok(Self {
-            id: instance.id.clone(),
+            id: Arc::from(instance.id.as_str()),
             addr: instance.addr,
             config,
             removed,
@@ -110,14 +111,22 @@ impl Endpoint {
         }
     }
 
-    /// What the picker compares.
-    pub(super) fn candidate(&self) -> Candidate {
+    /// What the picker compares. With `admit_failing`, an endpoint sitting out for failed answers
+    /// counts as available (when nothing else is, a call may as well try it: its connection works).
+    pub(super) fn candidate(&self, admit_failing: bool) -> Candidate {
         let state = self.state();
+        let ejected =
+            state.ejection.is_ejected() && !(admit_failing && state.ejection.is_for_answers());
         Candidate {
             cost: cost(state.latency.estimate(), state.in_flight),
-            ejected: state.ejection.is_ejected(),
+            ejected,
             last_picked: state.last_picked,
         }
+    }
+
+    /// Whether the endpoint sits out for failed answers (not for a failed connection).
+    pub(super) fn sits_out_for_answers(&self) -> bool {
+        self.state().ejection.is_for_answers()
     }
 
     /// The latency estimate, or `None` while ejected (a broken endpoint's estimate says nothing
@@ -142,17 +151,46 @@ impl Endpoint {
         (state.channel.clone(), guard)
     }
 
-    /// The call answered (its response headers arrived) at `now`. Only an answer on the current
-    /// connection clears the failure record: one that was in flight on a connection already
-    /// replaced says nothing about the new one.
-    pub(super) fn succeeded(&self, guard: &mut CallGuard, now: Instant, decay: Duration) {
+    /// The call's response headers arrived at `now`: the latency sample ends. Whether the answer
+    /// is a success is known from its gRPC status ([`Endpoint::concluded`]).
+    pub(super) fn answered(&self, guard: &mut CallGuard, now: Instant, decay: Duration) {
         guard.settled = true;
         let mut state = self.state();
         let sample = now.saturating_duration_since(guard.sent_at);
         state.latency.observe(sample, now, decay);
         state.calls_succeeded += 1;
-        if guard.generation == state.generation {
-            state.ejection.record_success();
+    }
+
+    /// The answer's gRPC status is known: `Ok` for a good answer (client errors included), the
+    /// failure's description for a server-side failure. Only an answer on the current connection
+    /// counts: one that was in flight on a connection already replaced says nothing about the
+    /// new one. A good answer clears the failure record; `eject_after` failed ones in a row (0:
+    /// never) eject the endpoint for a back-off, returned when it starts now.
+    pub(super) fn concluded(
+        &self,
+        guard: &CallGuard,
+        verdict: Result<(), String>,
+        eject_after: u32,
+        policy: &BackoffPolicy,
+        fraction: f64,
+    ) -> Option<Duration> {
+        let mut state = self.state();
+        if guard.generation != state.generation {
+            return None;
+        }
+        match verdict {
+            Ok(()) => {
+                state.ejection.record_success();
+                None
+            }
+            Err(error) => {
+                let now = Instant::now();
+                let failures = state.ejection.record_failure(now, error);
+                if eject_after == 0 || failures < eject_after {
+                    return None;
+                }
+                state.ejection.eject_for_answers(now, policy, fraction)
+            }
         }
     }
 
@@ -261,11 +299,12 @@ impl Endpoint {
     pub(super) fn snapshot(&self) -> EndpointSnapshot {
         let state = self.state();
         EndpointSnapshot {
-            id: self.id.clone(),
+            id: self.id.to_string(),
             addr: self.addr,
             in_flight: state.in_flight,
             latency: state.latency.estimate(),
             ejected_until: state.ejection.next_probe(),
+            ejected_for_failed_answers: state.ejection.is_for_answers(),
             consecutive_failures: state.ejection.consecutive_failures(),
         }
     }
@@ -293,6 +332,24 @@ impl ProbeTicket {
             return None;
         }
         state.ejection.next_probe()
+    }
+
+    /// Whether the ejection is for failed answers: it ends by readmission when due, on the
+    /// connection the endpoint has.
+    pub(super) fn for_answers(&self) -> bool {
+        self.endpoint.state().ejection.is_for_answers()
+    }
+
+    /// The back-off of an ejection for failed answers is over: the endpoint returns to the picker
+    /// on probation. Returns `false` when this probe is no longer in charge.
+    pub(super) fn readmit(&self) -> bool {
+        let mut state = self.endpoint.state();
+        if state.probe != Some(self.id) || !state.ejection.is_for_answers() {
+            return false;
+        }
+        state.ejection.restore();
+        state.probe = None;
+        true
     }
 
     /// Resolves when waiting calls bring the next attempt forward (or spuriously).

@@ -42,6 +42,9 @@ struct Reply {
     delay: Duration,
     /// When set, every answer waits until it reads `true`.
     gate: Option<watch::Receiver<bool>>,
+    /// While `true`, every call is answered `UNAVAILABLE` (trailers-only, as a tonic handler's
+    /// error is) without reaching the service.
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A health server that counts the calls it receives and answers each as its [`Reply`] says.
@@ -58,7 +61,12 @@ struct TestServer {
 
 impl TestServer {
     async fn start(delay: Duration) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Self::start_with(Reply { delay, gate: None }).await
+        Self::start_with(Reply {
+            delay,
+            gate: None,
+            failing: Arc::default(),
+        })
+        .await
     }
 
     /// A server whose answers wait until `gate` reads `true`.
@@ -68,6 +76,7 @@ impl TestServer {
         Self::start_with(Reply {
             delay: Duration::ZERO,
             gate: Some(gate),
+            failing: Arc::default(),
         })
         .await
     }
@@ -88,6 +97,11 @@ impl TestServer {
 
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Makes every answer `UNAVAILABLE` (or good again).
+    fn fail(&self, failing: bool) {
+        self.reply.failing.store(failing, Ordering::SeqCst);
     }
 
     /// Stops the server as a crash would: every connection closes, and connecting is refused.
@@ -202,7 +216,8 @@ struct Counted<S> {
 
 impl<S, R> tower::Service<R> for Counted<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<R, Response = http::Response<Body>>,
+    S::Error: Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -215,7 +230,15 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let Reply { delay, gate } = self.reply.clone();
+        let Reply {
+            delay,
+            gate,
+            failing,
+        } = self.reply.clone();
+        if failing.load(Ordering::SeqCst) {
+            let answer = Status::unavailable("failing on purpose").into_http();
+            return Box::pin(std::future::ready(Ok(answer)));
+        }
         let answer = self.inner.call(request);
         Box::pin(async move {
             if !delay.is_zero() {
@@ -279,7 +302,7 @@ fn endpoint(balanced: &Balanced, id: &str) -> Result<Arc<Endpoint>, String> {
         .shared
         .endpoints()
         .iter()
-        .find(|endpoint| endpoint.id == id)
+        .find(|endpoint| &*endpoint.id == id)
         .cloned()
         .ok_or_else(|| format!("no endpoint {id}"))
 }
@@ -423,7 +446,7 @@ async fn a_slow_instance_gets_less_traffic_under_load() -> TestResult {
     let latency = |id: &str| {
         snapshot
             .iter()
-            .find(|endpoint| endpoint.id == id)
+            .find(|endpoint| &*endpoint.id == id)
             .map(|endpoint| endpoint.latency)
     };
     // Every answer of the slow one took 200 ms or more, and so does any blend of them. (The fast
@@ -1231,7 +1254,8 @@ async fn a_late_warm_up_failure_does_not_eject_an_endpoint_that_answered() -> Te
     let endpoint = bare_endpoint()?;
     let now = Instant::now();
     let (_channel, mut guard) = endpoint.start_call(now);
-    endpoint.succeeded(&mut guard, now, Duration::from_secs(10));
+    endpoint.answered(&mut guard, now, Duration::from_secs(10));
+    endpoint.concluded(&guard, Ok(()), 7, &policy, 0.0);
     drop(guard);
 
     let ejected = endpoint.warm_up_failed(now, "refused".into(), &policy, 0.0);
@@ -1266,7 +1290,8 @@ async fn only_an_answer_on_the_current_connection_clears_the_record() -> TestRes
     assert!(ticket.restore(unused_channel()));
 
     // A call sent on the replaced connection answers late: no proof the new one works.
-    endpoint.succeeded(&mut old_call, now, Duration::from_secs(10));
+    endpoint.answered(&mut old_call, now, Duration::from_secs(10));
+    endpoint.concluded(&old_call, Ok(()), 7, &policy, 0.0);
     drop(old_call);
     assert_eq!(endpoint.snapshot().consecutive_failures, 1);
     let (_channel, new_call) = endpoint.start_call(now);
@@ -1345,4 +1370,260 @@ async fn a_call_made_while_serving_inherits_what_is_left_of_the_served_deadline(
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(server.calls(), before);
     Ok(())
+}
+
+#[tokio::test]
+async fn failed_answers_in_a_row_eject_an_instance_that_returns_on_probation() -> TestResult {
+    let policy = quick().backoff();
+    let endpoint = bare_endpoint()?;
+    let now = Instant::now();
+    let fail = |endpoint: &Arc<Endpoint>| {
+        let (_channel, guard) = endpoint.start_call(now);
+        endpoint.concluded(&guard, Err("answered UNAVAILABLE".into()), 7, &policy, 0.0)
+    };
+    for failure in 1..7 {
+        assert_eq!(fail(&endpoint), None, "failure {failure} ejects nothing");
+    }
+    // A good answer in between starts the count over.
+    let (_channel, good) = endpoint.start_call(now);
+    endpoint.concluded(&good, Ok(()), 7, &policy, 0.0);
+    for _ in 1..7 {
+        assert_eq!(fail(&endpoint), None);
+    }
+    assert_eq!(fail(&endpoint), Some(policy.base), "the seventh in a row");
+    let view = endpoint.snapshot();
+    assert!(
+        view.ejected_for_failed_answers && view.ejected_until.is_some(),
+        "{view:?}"
+    );
+    assert!(
+        endpoint.candidate(false).ejected && !endpoint.candidate(true).ejected,
+        "out of the picker, unless nothing else is left"
+    );
+
+    // The back-off over, it returns on its connection, without a new one.
+    let ticket = endpoint
+        .claim_probe(now, Duration::from_secs(3))
+        .ok_or("no readmission claimed")?;
+    assert!(ticket.for_answers());
+    assert!(ticket.readmit());
+    assert_eq!(endpoint.snapshot().ejected_until, None);
+    // On probation: the next failure ejects it again, for twice as long.
+    assert_eq!(fail(&endpoint), Some(policy.base * 2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_answers_count_only_when_the_option_is_on() -> TestResult {
+    let policy = quick().backoff();
+    let endpoint = bare_endpoint()?;
+    let now = Instant::now();
+    for _ in 0..20 {
+        let (_channel, guard) = endpoint.start_call(now);
+        let ejected = endpoint.concluded(&guard, Err("answered INTERNAL".into()), 0, &policy, 0.0);
+        assert_eq!(ejected, None);
+    }
+    assert_eq!(endpoint.snapshot().ejected_until, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_answering_failures_leaves_rotation_and_returns_after_its_back_off()
+-> TestResult {
+    let failing = TestServer::start(Duration::ZERO).await?;
+    let healthy = TestServer::start(Duration::ZERO).await?;
+    let (discovery, instances) = feed();
+    let options = BalanceOptions {
+        ejection_base: Duration::from_millis(300),
+        ..quick()
+    };
+    let balanced = Balanced::with_options("product", instances, options);
+    let mut client = HealthClient::new(balanced.clone());
+    discovery.send(vec![
+        instance("product-1", failing.addr),
+        instance("product-2", healthy.addr),
+    ])?;
+    call_until(&mut client, "both instances called", || {
+        failing.calls() > 0 && healthy.calls() > 0
+    })
+    .await?;
+
+    failing.fail(true);
+    let before = failing.calls();
+    let mut failures = 0;
+    let deadline = Instant::now() + PATIENCE;
+    while !is_ejected(&balanced, "product-1") {
+        if Instant::now() > deadline {
+            return Err(format!("product-1 not ejected: {:?}", balanced.snapshot()).into());
+        }
+        if let Err(status) = check(&mut client).await {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 7, "ejected at the seventh failed answer in a row");
+    assert_eq!(failing.calls() - before, 7);
+    let view = balanced.snapshot();
+    assert!(view[0].ejected_for_failed_answers, "{view:?}");
+
+    // While it sits out, every call goes to the other instance and succeeds.
+    let sitting_out = failing.calls();
+    for _ in 0..20 {
+        check(&mut client).await?;
+    }
+    assert_eq!(failing.calls(), sitting_out);
+
+    // Recovered, it is called again once its back-off is over.
+    failing.fail(false);
+    call_until(&mut client, "the recovered instance called again", || {
+        failing.calls() > sitting_out
+    })
+    .await?;
+    until_snapshot(&balanced, "the slate wiped by a good answer", |view| {
+        view[0].consecutive_failures == 0 && view[0].ejected_until.is_none()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_instance_failing_calls_still_reach_them_and_fail_at_once() -> TestResult {
+    let only = TestServer::start(Duration::ZERO).await?;
+    let (discovery, instances) = feed();
+    let balanced = Balanced::with_options("product", instances, quick());
+    let mut client = HealthClient::new(balanced.clone());
+    discovery.send(vec![instance("product-1", only.addr)])?;
+    check(&mut client).await?;
+    only.fail(true);
+    for _ in 0..7 {
+        let status = check(&mut client)
+            .await
+            .err()
+            .ok_or("a failing call succeeded")?;
+        assert_eq!(status.message(), "failing on purpose");
+    }
+    assert!(is_ejected(&balanced, "product-1"));
+    // Sitting out for its answers, it is still the best there is: the server answers, rather
+    // than calls waiting for a probe and failing on their own.
+    let status = check(&mut client)
+        .await
+        .err()
+        .ok_or("a failing call succeeded")?;
+    assert_eq!(status.message(), "failing on purpose", "{status:?}");
+    assert_eq!(only.calls(), 9);
+    only.fail(false);
+    check(&mut client).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_avoids_the_instances_it_is_told_to_and_says_where_it_went() -> TestResult {
+    let first = TestServer::start(Duration::ZERO).await?;
+    let second = TestServer::start(Duration::ZERO).await?;
+    let (discovery, instances) = feed();
+    let balanced = Balanced::with_options("product", instances, quick());
+    let mut client = HealthClient::new(balanced.clone());
+    discovery.send(vec![
+        instance("product-1", first.addr),
+        instance("product-2", second.addr),
+    ])?;
+    check(&mut client).await?;
+    let avoiding = |id: &str| {
+        let mut avoid = AvoidInstances::default();
+        avoid.add(Arc::from(id));
+        let mut request = tonic::Request::new(request());
+        request.extensions_mut().insert(avoid);
+        request
+    };
+    let before = first.calls();
+    for _ in 0..20 {
+        let response = client.check(avoiding("product-1")).await?;
+        let attempted = response
+            .extensions()
+            .get::<Attempted>()
+            .ok_or("no Attempted")?;
+        assert_eq!(&*attempted.instance, "product-2");
+    }
+    assert_eq!(first.calls(), before);
+
+    // With nothing else available, the avoided instance is better than no answer.
+    discovery.send(vec![instance("product-1", first.addr)])?;
+    until_snapshot(&balanced, "one instance left", |view| view.len() == 1).await?;
+    let response = client.check(avoiding("product-1")).await?;
+    let attempted = response
+        .extensions()
+        .get::<Attempted>()
+        .ok_or("no Attempted")?;
+    assert_eq!(&*attempted.instance, "product-1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_says_whether_it_can_have_reached_the_server() -> TestResult {
+    let mut server = TestServer::start(Duration::ZERO).await?;
+    let (discovery, instances) = feed();
+    let options = BalanceOptions {
+        connect_eagerly: false,
+        ..quick()
+    };
+    let mut balanced = Balanced::with_options("product", instances, options);
+
+    // No instance at all: nothing was sent.
+    discovery.send(Vec::new())?;
+    let error = attempt(&mut balanced)
+        .await
+        .err()
+        .ok_or("a call succeeded")?;
+    let error = error
+        .downcast_ref::<AttemptError>()
+        .ok_or("not an AttemptError")?;
+    assert_eq!((error.reach(), error.instance()), (Reach::NotSent, None));
+
+    // A refused connection: nothing was sent either, and the instance is named.
+    server.kill().await?;
+    discovery.send(vec![instance("product-1", server.addr)])?;
+    until_snapshot(&balanced, "one instance", |view| view.len() == 1).await?;
+    let error = attempt(&mut balanced)
+        .await
+        .err()
+        .ok_or("a call succeeded")?;
+    let error = error
+        .downcast_ref::<AttemptError>()
+        .ok_or("not an AttemptError")?;
+    assert_eq!(error.reach(), Reach::NotSent, "{error}");
+    assert_eq!(error.instance().map(|id| &**id), Some("product-1"));
+
+    // A connection lost while the call is on the server: it may have been served.
+    server.revive().await?;
+    let (gate, held) = watch::channel(false);
+    let mut slow = TestServer::held(held).await?;
+    discovery.send(vec![instance("product-2", slow.addr)])?;
+    until_snapshot(&balanced, "the held instance", |view| view.len() == 1).await?;
+    let in_flight = tokio::spawn({
+        let mut balanced = balanced.clone();
+        async move { attempt(&mut balanced).await.err() }
+    });
+    eventually("the call reached the server", || slow.calls() == 1).await?;
+    slow.kill().await?;
+    drop(gate);
+    let error = in_flight.await?.ok_or("the call succeeded")?;
+    let error = error
+        .downcast_ref::<AttemptError>()
+        .ok_or("not an AttemptError")?;
+    assert_eq!(error.reach(), Reach::MaybeSent, "{error}");
+    Ok(())
+}
+
+/// One health check sent straight through the balancer, so its error is seen before tonic's
+/// client turns it into a `Status`.
+async fn attempt(balanced: &mut Balanced) -> Result<http::Response<Body>, BoxError> {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://product/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Body::new(http_body_util::Full::new(Bytes::from_static(
+            // An empty HealthCheckRequest: an uncompressed frame of length zero.
+            &[0, 0, 0, 0, 0],
+        ))))?;
+    balanced.ready().await?.call(request).await
 }

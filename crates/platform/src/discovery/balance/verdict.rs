@@ -1,0 +1,54 @@
+//! Whether an answer counts for or against the instance that gave it, from its gRPC status.
+//!
+//! The same classification as the circuit breakers' ([`counts_as_failure`]): only codes saying
+//! the server could not answer are failures; client errors show a server working correctly, and
+//! `CANCELLED` (the caller gave up) says nothing.
+
+use http::HeaderMap;
+use tonic::Code;
+
+use crate::resilience::breaker::{Outcome, counts_as_failure};
+
+/// `Ok` for a good answer, the failure's description for a failed one.
+pub(super) type Verdict = Result<(), String>;
+
+/// The verdict of the `grpc-status` in `headers` (trailers, or the headers of a trailers-only
+/// answer): `None` when there is no status there, `Some(None)` when the status says nothing
+/// about the instance.
+pub(super) fn verdict(headers: &HeaderMap) -> Option<Option<Verdict>> {
+    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    Some(match counts_as_failure(code) {
+        Outcome::Success => Some(Ok(())),
+        Outcome::Failure => Some(Err(format!("answered {}", code.description()))),
+        Outcome::Ignored => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static(code));
+        headers
+    }
+
+    #[test]
+    fn server_side_failures_count_against_the_instance_and_client_errors_do_not() {
+        assert_eq!(verdict(&HeaderMap::new()), None);
+        assert_eq!(verdict(&status("0")), Some(Some(Ok(()))));
+        // NOT_FOUND, PERMISSION_DENIED: the server works.
+        assert_eq!(verdict(&status("5")), Some(Some(Ok(()))));
+        assert_eq!(verdict(&status("7")), Some(Some(Ok(()))));
+        // UNAVAILABLE, INTERNAL, RESOURCE_EXHAUSTED.
+        for failure in ["14", "13", "8"] {
+            assert!(
+                matches!(verdict(&status(failure)), Some(Some(Err(_)))),
+                "{failure}"
+            );
+        }
+        // CANCELLED says nothing.
+        assert_eq!(verdict(&status("1")), Some(None));
+    }
+}
