@@ -34,6 +34,7 @@
 
 mod adaptive;
 mod consecutive;
+mod layer;
 mod policy;
 mod registry;
 #[cfg(test)]
@@ -48,6 +49,7 @@ use tonic::{Code, Status};
 
 use adaptive::Adaptive;
 use consecutive::{Change, Consecutive, Ticket};
+pub use layer::{BreakerLayer, Breakers, BreakersFuture};
 pub use policy::{BreakerConfig, BreakerPolicy};
 pub use registry::BreakerRegistry;
 

@@ -1,0 +1,188 @@
+//! The breakers as a client-side tower layer: every call asks its method's breaker first, and its
+//! gRPC status is recorded when it is known.
+//!
+//! Where the status is: in the response headers for a trailers-only answer (how a tonic server
+//! sends a handler's error, and how Flotilla's shedding and fault layers answer), otherwise in the
+//! trailers at the end of the body, which is where the permit travels to; and in the error for a
+//! call that got no answer (the balancer's `AttemptError`, tonic's own errors). A body dropped
+//! before its end, like a call dropped before its answer, drops its permit, which counts as
+//! nothing (the caller gave up).
+//!
+//! A rejected call fails at once with `UNAVAILABLE` naming the service, the method and the wait
+//! ([`Rejected::to_status`]); it never reaches the layers below, so retries never multiply it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::BoxError;
+
+use super::{BreakerRegistry, Outcome, Permit, counts_as_failure};
+
+/// Puts the breakers of `registry` in front of a client's channel.
+#[derive(Debug, Clone)]
+pub struct BreakerLayer {
+    registry: Arc<BreakerRegistry>,
+}
+
+impl BreakerLayer {
+    /// A layer asking the breakers of `registry` (one per service and method, shared by every
+    /// channel of the process that uses this registry).
+    pub fn new(registry: Arc<BreakerRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl<S> tower::Layer<S> for BreakerLayer {
+    type Service = Breakers<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Breakers {
+            inner,
+            registry: Arc::clone(&self.registry),
+        }
+    }
+}
+
+/// The service [`BreakerLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Breakers<S> {
+    inner: S,
+    registry: Arc<BreakerRegistry>,
+}
+
+/// The future of a call through [`Breakers`].
+pub type BreakersFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;
+
+impl<S> tower::Service<http::Request<Body>> for Breakers<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BreakersFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // Not a gRPC path: nothing to key a breaker on.
+        let Some(breaker) = self.registry.for_path(request.uri().path()) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let permit = match breaker.try_acquire(Instant::now()) {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                tracing::debug!(%rejected, "call refused by its circuit breaker");
+                let status: BoxError = Box::new(rejected.to_status());
+                return Box::pin(std::future::ready(Err(status)));
+            }
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            match call.await {
+                Ok(response) => {
+                    if let Some(code) = grpc_status(response.headers()) {
+                        permit.record(counts_as_failure(code), Instant::now());
+                        return Ok(response);
+                    }
+                    Ok(response.map(|body| Body::new(PermitBody::new(body, permit))))
+                }
+                Err(error) => {
+                    permit.record(counts_as_failure(code_of(&*error)), Instant::now());
+                    Err(error)
+                }
+            }
+        })
+    }
+}
+
+/// The gRPC status in `headers`, if there is one.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| Code::from_bytes(value.as_bytes()))
+}
+
+/// The code a caller will see for a call that got no answer: the status inside the error, as
+/// tonic's client finds it; a deadline tonic enforced itself is the upstream being too slow.
+fn code_of(error: &(dyn std::error::Error + 'static)) -> Code {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(status) = error.downcast_ref::<Status>() {
+            return status.code();
+        }
+        if error.is::<tonic::TimeoutExpired>() {
+            return Code::DeadlineExceeded;
+        }
+        current = error.source();
+    }
+    Code::Unknown
+}
+
+/// A response body carrying its call's permit until the status arrives in the trailers.
+struct PermitBody {
+    inner: Body,
+    permit: Option<Permit>,
+}
+
+impl PermitBody {
+    fn new(inner: Body, permit: Permit) -> Self {
+        Self {
+            inner,
+            permit: Some(permit),
+        }
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            permit.record(outcome, Instant::now());
+        }
+    }
+}
+
+impl HttpBody for PermitBody {
+    type Data = <Body as HttpBody>::Data;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            // An answer must end with a status: without one, or broken off, it failed.
+            Poll::Ready(None | Some(Err(_))) => this.record(Outcome::Failure),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let outcome = grpc_status(trailers).map_or(Outcome::Failure, counts_as_failure);
+                    this.record(outcome);
+                } else if this.inner.is_end_stream() {
+                    this.record(Outcome::Failure);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests;
