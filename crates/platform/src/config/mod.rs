@@ -382,6 +382,20 @@ impl Settings {
         })
     }
 
+    /// The variable to read for `name` (`FLOTILLA_BREAKER_FAILURES`) as it applies to calls to the
+    /// service `upstream` ("product"): `FLOTILLA_PRODUCT_BREAKER_FAILURES` when that is set, so
+    /// one upstream can be tuned apart from the others, else `name` itself. Errors then name the
+    /// variable that was really read.
+    pub fn per_upstream(&self, upstream: &str, name: &str) -> String {
+        let rest = name.strip_prefix("FLOTILLA_").unwrap_or(name);
+        let specific = format!("FLOTILLA_{}_{rest}", upstream.to_ascii_uppercase());
+        if self.raw(&specific).is_some() {
+            specific
+        } else {
+            name.to_owned()
+        }
+    }
+
     /// A free-form string.
     ///
     /// # Errors

@@ -99,20 +99,33 @@ impl BreakerConfig {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the variable whose value does not parse.
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        Self::read(settings, |name| name.to_owned())
+    }
+
+    /// The same for calls to the service `upstream`: each variable may be set for it alone as
+    /// `FLOTILLA_<UPSTREAM>_BREAKER…` ([`Settings::per_upstream`]), over the general one.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the variable whose value does not parse.
+    pub fn for_upstream(settings: &Settings, upstream: &str) -> Result<Self, ConfigError> {
+        Self::read(settings, |name| settings.per_upstream(upstream, name))
+    }
+
+    fn read(settings: &Settings, var: impl Fn(&str) -> String) -> Result<Self, ConfigError> {
         let kind = settings.choice(
-            "FLOTILLA_BREAKER",
+            &var("FLOTILLA_BREAKER"),
             "consecutive",
             &["consecutive", "adaptive"],
         )?;
         let threshold = settings.count(
-            "FLOTILLA_BREAKER_FAILURES",
+            &var("FLOTILLA_BREAKER_FAILURES"),
             BreakerPolicy::DEFAULT_THRESHOLD,
         )?;
         let cool_down = settings.duration(
-            "FLOTILLA_BREAKER_COOL_DOWN",
+            &var("FLOTILLA_BREAKER_COOL_DOWN"),
             BreakerPolicy::DEFAULT_COOL_DOWN,
         )?;
-        let k = read_k(settings)?;
+        let k = read_k(settings, &var("FLOTILLA_BREAKER_K"))?;
         let policy = if kind == "adaptive" {
             BreakerPolicy::Adaptive {
                 k,
@@ -133,15 +146,14 @@ impl BreakerConfig {
 
 /// `K` as a decimal: [`Settings`] has no parser for decimals, so the string is parsed here. Below 1
 /// the formula rejects traffic that never fails, so that is refused.
-fn read_k(settings: &Settings) -> Result<f64, ConfigError> {
-    const NAME: &str = "FLOTILLA_BREAKER_K";
-    let raw = settings.string(NAME, &BreakerPolicy::DEFAULT_K.to_string())?;
+fn read_k(settings: &Settings, name: &str) -> Result<f64, ConfigError> {
+    let raw = settings.string(name, &BreakerPolicy::DEFAULT_K.to_string())?;
     match raw.trim().parse::<f64>() {
         Ok(k) if k.is_finite() && k >= 1.0 => Ok(k),
         _ => Err(ConfigError::Invalid {
-            name: NAME.to_owned(),
+            name: name.to_owned(),
             value: raw,
-            origin: settings.origin(NAME),
+            origin: settings.origin(name),
             expected: "a decimal number of at least 1, such as 1.5 or 2".to_owned(),
         }),
     }

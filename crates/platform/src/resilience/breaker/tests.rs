@@ -340,6 +340,34 @@ fn settings_choose_the_policy() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn one_upstream_can_be_tuned_apart_from_the_others() -> TestResult {
+    let settings = Settings::from_pairs([
+        ("FLOTILLA_BREAKER_FAILURES", "3"),
+        ("FLOTILLA_PRODUCT_BREAKER_FAILURES", "10"),
+        ("FLOTILLA_PRODUCT_BREAKER_COOL_DOWN", "5s"),
+    ]);
+    let threshold_and_cool_down = |config: BreakerConfig| match config.policy {
+        BreakerPolicy::ConsecutiveFailures {
+            threshold,
+            cool_down,
+            ..
+        } => Some((threshold, cool_down.as_secs())),
+        BreakerPolicy::Adaptive { .. } => None,
+    };
+    let product = BreakerConfig::for_upstream(&settings, "product")?;
+    assert_eq!(threshold_and_cool_down(product), Some((10, 5)));
+    let user = BreakerConfig::for_upstream(&settings, "user")?;
+    assert_eq!(threshold_and_cool_down(user), Some((3, 60)));
+
+    let bad = Settings::from_pairs([("FLOTILLA_AUTH_BREAKER_K", "0.2")]);
+    match BreakerConfig::for_upstream(&bad, "auth") {
+        Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, "FLOTILLA_AUTH_BREAKER_K"),
+        other => return Err(format!("{other:?}").into()),
+    }
+    Ok(())
+}
+
 // --- adaptive throttling
 
 /// A random source whose every draw is the value last stored in the returned cell.
