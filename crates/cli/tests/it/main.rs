@@ -4,6 +4,7 @@
 
 mod cli;
 mod discovery;
+mod fleet;
 mod identity;
 mod lifecycle;
 mod registry;
