@@ -7,3 +7,4 @@ pub mod breaker;
 pub mod deadline;
 pub mod faults;
 pub mod limit;
+pub mod retry;

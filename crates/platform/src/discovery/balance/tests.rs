@@ -1593,11 +1593,13 @@ async fn a_failed_attempt_says_whether_it_can_have_reached_the_server() -> TestR
     assert_eq!(error.instance().map(|id| &**id), Some("product-1"));
 
     // A connection lost while the call is on the server: it may have been served.
-    server.revive().await?;
     let (gate, held) = watch::channel(false);
     let mut slow = TestServer::held(held).await?;
     discovery.send(vec![instance("product-2", slow.addr)])?;
-    until_snapshot(&balanced, "the held instance", |view| view.len() == 1).await?;
+    until_snapshot(&balanced, "only the held instance", |view| {
+        view.len() == 1 && view[0].id == "product-2"
+    })
+    .await?;
     let in_flight = tokio::spawn({
         let mut balanced = balanced.clone();
         async move { attempt(&mut balanced).await.err() }
