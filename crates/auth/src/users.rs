@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use platform::auth::AuthError;
-use platform::discovery::balance::Balanced;
+use platform::discovery::Upstream;
 use platform::proto::user::v1 as user_pb;
 use platform::proto::user::v1::user_service_client::UserServiceClient;
 use tonic::Code;
@@ -37,12 +37,12 @@ pub struct Account {
 /// A client of the user service.
 #[derive(Debug, Clone)]
 pub struct Users {
-    client: UserServiceClient<Balanced>,
+    client: UserServiceClient<Upstream>,
 }
 
 impl Users {
     /// Calls the user service over `channel`.
-    pub fn new(channel: Balanced) -> Self {
+    pub fn new(channel: Upstream) -> Self {
         Self {
             client: UserServiceClient::new(channel),
         }

@@ -14,6 +14,8 @@ use gateway::GatewayConfig;
 use platform::auth::AuthConfig;
 use platform::config::{ConfigError, Settings};
 use platform::discovery::DiscoveryConfig;
+use platform::discovery::settings::upstream_names;
+use platform::resilience::client::CallPolicies;
 use platform::serve::ServeConfig;
 use platform::telemetry::{LogConfig, LogFormat};
 use product::ProductConfig;
@@ -78,13 +80,22 @@ const ALL_SETTINGS: &[&str] = &[
     "FLOTILLA_AUTH_ENDPOINT",
     "FLOTILLA_AUTH_GRPC_ADDR",
     "FLOTILLA_AUTH_TRUSTED_PROXIES",
+    "FLOTILLA_BREAKER",
+    "FLOTILLA_BREAKER_COOL_DOWN",
+    "FLOTILLA_BREAKER_FAILURES",
+    "FLOTILLA_BREAKER_K",
     "FLOTILLA_CHECK_INTERVAL",
     "FLOTILLA_CHECK_TIMEOUT",
+    "FLOTILLA_CONCURRENCY_LIMIT_INITIAL",
+    "FLOTILLA_CONCURRENCY_LIMIT_MAX",
+    "FLOTILLA_CONCURRENCY_LIMIT_MIN",
+    "FLOTILLA_CONCURRENCY_LIMIT_TIMEOUT",
     "FLOTILLA_DEREGISTER_CRITICAL_AFTER",
     "FLOTILLA_DEREGISTER_DELAY",
     "FLOTILLA_DISCOVERY",
     "FLOTILLA_DRAIN_TIMEOUT",
     "FLOTILLA_ETCD_ENDPOINTS",
+    "FLOTILLA_FAULTS",
     "FLOTILLA_GATEWAY_ADMIN_ADDR",
     "FLOTILLA_GATEWAY_HTTP_ADDR",
     "FLOTILLA_GATEWAY_TIMEOUT",
@@ -104,10 +115,15 @@ const ALL_SETTINGS: &[&str] = &[
     "FLOTILLA_PRODUCT_ENDPOINT",
     "FLOTILLA_PRODUCT_GRPC_ADDR",
     "FLOTILLA_PRODUCT_SEED_DEMO",
-    "FLOTILLA_REGISTRY_ADDR",
-    "FLOTILLA_REGISTRY_ADMIN_ADDR",
     "FLOTILLA_REFRESH_EXPIRY",
     "FLOTILLA_REFRESH_MAX_LIFETIME",
+    "FLOTILLA_REGISTRY_ADDR",
+    "FLOTILLA_REGISTRY_ADMIN_ADDR",
+    "FLOTILLA_RETRY_BACKOFF",
+    "FLOTILLA_RETRY_BACKOFF_MAX",
+    "FLOTILLA_RETRY_BUDGET_MIN_PER_SEC",
+    "FLOTILLA_RETRY_BUDGET_PERCENT",
+    "FLOTILLA_RETRY_MAX",
     "FLOTILLA_USER_ADMIN_ADDR",
     "FLOTILLA_USER_DATABASE_URL",
     "FLOTILLA_USER_DB_MAX_CONNECTIONS",
@@ -290,7 +306,14 @@ impl SystemConfig {
         } else {
             None
         };
-        settings.reject_unknown_file_keys(ALL_SETTINGS)?;
+        // Breaker and retry settings may also be set per upstream (`FLOTILLA_PRODUCT_RETRY_MAX`).
+        let per_upstream = CallPolicies::setting_names(&upstream_names());
+        let known: Vec<&str> = ALL_SETTINGS
+            .iter()
+            .copied()
+            .chain(per_upstream.iter().map(String::as_str))
+            .collect();
+        settings.reject_unknown_file_keys(&known)?;
         Ok(Self {
             mode,
             data_dir: data_dir.to_path_buf(),

@@ -3,6 +3,12 @@
 //! Every error answers `{"error": {"code": <http status>, "status": "<GRPC_CODE>", "message": "…"}}`,
 //! the shape of Google's JSON APIs. Internal failures are logged here once and reach the client as a
 //! bare "internal error": no stack trace, no SQL, no upstream address.
+//!
+//! Two refusals say when to come back, and the gateway passes that on as `Retry-After`: a quota
+//! (the auth service's login limit: RESOURCE_EXHAUSTED with `retry-after` in seconds) stays 429,
+//! the caller's own doing; overload (a server shedding load, or the gateway's circuit breaker for
+//! that service being open: `grpc-retry-pushback-ms`, the server pushback of gRPC's retry design
+//! A6) is 503, the system's doing, whatever the gRPC code.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,6 +18,13 @@ use tonic::Code;
 
 /// The message of tonic's `TimeoutExpired`, which it turns into a CANCELLED status.
 const TIMEOUT_EXPIRED: &str = "Timeout expired";
+
+/// gRPC's server pushback (retry design A6): milliseconds to wait before trying again. Sent with
+/// RESOURCE_EXHAUSTED by a server shedding load, and with UNAVAILABLE by an open circuit breaker.
+const PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// A quota's wait in whole seconds, as the auth service's login limit sends it.
+const RETRY_AFTER: &str = "retry-after";
 
 /// An error on its way to an HTTP client.
 #[derive(Debug)]
@@ -57,24 +70,50 @@ impl ApiError {
             Code::Cancelled if status.message() == TIMEOUT_EXPIRED => Code::DeadlineExceeded,
             code => code,
         };
+        let pushback = pushback_secs(status.metadata());
+        if code == Code::ResourceExhausted
+            && let Some(retry_after) = pushback
+        {
+            // Overload, not a quota: the client did nothing wrong and may come back soon. Told as
+            // 503/UNAVAILABLE, the pair HTTP clients already retry, rather than a 503 labelled
+            // with the quota code. Debug only: the shedding server warns itself, rate-limited,
+            // and one line per shed request here would flood the log just when it matters.
+            tracing::debug!(service, message = status.message(), "upstream overloaded");
+            return Self {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    Code::Unavailable,
+                    format!("the {service} service is overloaded; retry later"),
+                )
+            };
+        }
         let message = match code {
             Code::Unknown | Code::Internal | Code::DataLoss => {
                 tracing::error!(service, code = ?code, message = status.message(), "upstream failed");
                 "internal error".to_owned()
             }
             Code::Unavailable => {
-                tracing::warn!(service, message = status.message(), "upstream unavailable");
+                if pushback.is_some() {
+                    // An open breaker: it logged its opening once; a line per refused request
+                    // would flood the log for the whole cool-down.
+                    tracing::debug!(service, message = status.message(), "upstream fenced off");
+                } else {
+                    tracing::warn!(service, message = status.message(), "upstream unavailable");
+                }
                 format!("the {service} service is unavailable; retry later")
             }
             Code::DeadlineExceeded => format!("the {service} service did not answer in time"),
             _ => status.message().to_owned(),
         };
-        // A service that says when to come back (the auth service's login limit) is passed on.
-        let retry_after = status
-            .metadata()
-            .get("retry-after")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
+        // A service that says when to come back (the auth service's login limit, an open
+        // breaker) is passed on; the pushback is the more precise of the two.
+        let retry_after = pushback.or_else(|| {
+            status
+                .metadata()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse().ok())
+        });
         Self {
             retry_after,
             ..Self::new(code, message)
@@ -85,6 +124,15 @@ impl ApiError {
     pub fn http_status(&self) -> StatusCode {
         self.status
     }
+}
+
+/// `grpc-retry-pushback-ms` as `Retry-After` seconds: rounded up, so nobody comes back early, and
+/// at least 1, since `Retry-After: 0` invites an immediate retry. `None` when absent or not a
+/// whole number of milliseconds (A6 reads a negative or malformed value as "do not retry"; the
+/// gateway then falls back to its usual answer for the code).
+fn pushback_secs(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    let millis: u64 = metadata.get(PUSHBACK)?.to_str().ok()?.trim().parse().ok()?;
+    Some(millis.div_ceil(1000).max(1))
 }
 
 /// The one table from gRPC codes to HTTP statuses (as Google's API gateways map them).
@@ -219,6 +267,109 @@ mod tests {
         for (code, status) in expected {
             assert_eq!(http_status(code).as_u16(), status, "{code:?}");
         }
+    }
+
+    fn with_metadata(mut status: tonic::Status, pairs: &[(&'static str, &str)]) -> tonic::Status {
+        for (name, value) in pairs {
+            match value.parse() {
+                Ok(value) => {
+                    status.metadata_mut().insert(*name, value);
+                }
+                Err(error) => panic!("test metadata {name}={value}: {error}"),
+            }
+        }
+        status
+    }
+
+    fn retry_after_header(error: ApiError) -> Option<String> {
+        error
+            .into_response()
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn pushback_becomes_whole_seconds_rounded_up_and_at_least_one() {
+        for (millis, seconds) in [
+            ("0", Some(1)),
+            ("100", Some(1)),
+            ("1000", Some(1)),
+            ("1001", Some(2)),
+            ("2500", Some(3)),
+            ("-1", None),
+            ("soon", None),
+        ] {
+            let metadata = with_metadata(tonic::Status::unavailable("x"), &[(PUSHBACK, millis)])
+                .metadata()
+                .clone();
+            assert_eq!(pushback_secs(&metadata), seconds, "{millis} ms");
+        }
+        assert_eq!(pushback_secs(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn shedding_is_503_with_the_pushback_as_retry_after() {
+        let shed = with_metadata(
+            tonic::Status::resource_exhausted(
+                "server overloaded: 100 calls in flight (limit 100); retry later",
+            ),
+            &[(PUSHBACK, "1500")],
+        );
+        let error = ApiError::from_status("product", &shed);
+        assert_eq!(error.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.code, Code::Unavailable);
+        assert_eq!(
+            error.message,
+            "the product service is overloaded; retry later"
+        );
+        assert_eq!(retry_after_header(error).as_deref(), Some("2"));
+
+        let short = with_metadata(
+            tonic::Status::resource_exhausted("server overloaded"),
+            &[(PUSHBACK, "100")],
+        );
+        let error = ApiError::from_status("product", &short);
+        assert_eq!(error.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after_header(error).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_quota_stays_429_with_its_own_retry_after() {
+        let blocked = with_metadata(
+            tonic::Status::resource_exhausted("too many failed logins; retry in 30s"),
+            &[(RETRY_AFTER, "30")],
+        );
+        let error = ApiError::from_status("auth", &blocked);
+        assert_eq!(error.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.code, Code::ResourceExhausted);
+        assert_eq!(error.message, "too many failed logins; retry in 30s");
+        assert_eq!(retry_after_header(error).as_deref(), Some("30"));
+
+        let bare = ApiError::from_status("auth", &tonic::Status::resource_exhausted("quota"));
+        assert_eq!(bare.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after_header(bare).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn an_open_breaker_is_503_naming_only_the_service_with_the_pushback() {
+        let open = with_metadata(
+            tonic::Status::unavailable(
+                "circuit breaker for product/GetProduct is open; retry in 5s",
+            ),
+            &[(PUSHBACK, "4200")],
+        );
+        let error = ApiError::from_status("product", &open);
+        assert_eq!(error.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            error.message,
+            "the product service is unavailable; retry later"
+        );
+        assert_eq!(retry_after_header(error).as_deref(), Some("5"));
+
+        let plain = ApiError::from_status("product", &tonic::Status::unavailable("refused"));
+        assert_eq!(retry_after_header(plain).as_deref(), Some("1"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use platform::admin::Readiness;
 use platform::auth::Verifier;
 use platform::discovery::Discovery;
-use platform::discovery::balance::Balanced;
+use platform::discovery::Upstream;
 use platform::proto::auth::v1::auth_service_client::AuthServiceClient;
 use platform::proto::product::v1::product_service_client::ProductServiceClient;
 use platform::proto::user::v1::user_service_client::UserServiceClient;
@@ -19,11 +19,11 @@ use crate::auth::Bearer;
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     /// The product service.
-    pub product: Balanced,
+    pub product: Upstream,
     /// The user service.
-    pub user: Balanced,
+    pub user: Upstream,
     /// The auth service.
-    pub auth: Balanced,
+    pub auth: Upstream,
 }
 
 impl Upstreams {
@@ -72,17 +72,17 @@ impl AppState {
     }
 
     /// A client of the product service.
-    pub fn products(&self) -> ProductServiceClient<Balanced> {
+    pub fn products(&self) -> ProductServiceClient<Upstream> {
         ProductServiceClient::new(self.upstreams.product.clone())
     }
 
     /// A client of the user service.
-    pub fn users(&self) -> UserServiceClient<Balanced> {
+    pub fn users(&self) -> UserServiceClient<Upstream> {
         UserServiceClient::new(self.upstreams.user.clone())
     }
 
     /// A client of the auth service.
-    pub fn auth(&self) -> AuthServiceClient<Balanced> {
+    pub fn auth(&self) -> AuthServiceClient<Upstream> {
         AuthServiceClient::new(self.upstreams.auth.clone())
     }
 

@@ -13,6 +13,11 @@
 //!
 //! Health `Watch` streams receive NOT_SERVING and then end, so a watching load balancer does not
 //! hold the drain open.
+//!
+//! Every server also sheds load with its own adaptive concurrency limit
+//! ([`crate::resilience::limit`]), and injects the faults `FLOTILLA_FAULTS` asks for
+//! ([`crate::resilience::faults`]): both sit here, in the one server stack, so no component can
+//! forget them and a drill reaches every service the same way.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,14 +34,18 @@ use crate::admin::{self, Readiness};
 use crate::auth::{AuthLayer, Policy, Verifier};
 use crate::config::{ConfigError, Settings};
 use crate::discovery::Announcer;
+use crate::resilience::faults::{FAULTS_VAR, FaultLayer, FaultRules};
+use crate::resilience::limit::{ConcurrencyLimitLayer, LimitConfig};
 use crate::shutdown::{ComponentError, Listeners, Running, Supervisor};
 
 /// The drain timeout's variable and default (10 s).
 pub const DRAIN_TIMEOUT_VAR: &str = "FLOTILLA_DRAIN_TIMEOUT";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where and how one service listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where and how one service listens, and how it protects itself.
+///
+/// Not `Eq`: the limit's back-off ratio and the fault rules' percentages are floats.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
     /// The gRPC listen address (`FLOTILLA_<SERVICE>_GRPC_ADDR`).
     pub grpc_addr: SocketAddr,
@@ -44,11 +53,30 @@ pub struct ServeConfig {
     pub admin_addr: SocketAddr,
     /// How long in-flight calls may take to finish at shutdown (`FLOTILLA_DRAIN_TIMEOUT`).
     pub drain_timeout: Duration,
+    /// The adaptive concurrency limit of this server (`FLOTILLA_CONCURRENCY_LIMIT_*`).
+    pub limit: LimitConfig,
+    /// The faults to inject (`FLOTILLA_FAULTS`); empty, the default, injects nothing.
+    pub faults: FaultRules,
 }
 
 impl ServeConfig {
-    /// Reads `FLOTILLA_<SERVICE>_GRPC_ADDR`, `FLOTILLA_<SERVICE>_ADMIN_ADDR` and
-    /// `FLOTILLA_DRAIN_TIMEOUT`, with the given default addresses.
+    /// Listeners at `grpc_addr` and `admin_addr`, and every other setting at its default: the
+    /// default drain timeout, the default concurrency limit, no faults. What tests and embedders
+    /// start from, so a field added later does not break them.
+    pub fn new(grpc_addr: SocketAddr, admin_addr: SocketAddr) -> Self {
+        Self {
+            grpc_addr,
+            admin_addr,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            limit: LimitConfig::default(),
+            faults: FaultRules::none(),
+        }
+    }
+
+    /// Reads `FLOTILLA_<SERVICE>_GRPC_ADDR`, `FLOTILLA_<SERVICE>_ADMIN_ADDR`,
+    /// `FLOTILLA_DRAIN_TIMEOUT`, the concurrency limit's `FLOTILLA_CONCURRENCY_LIMIT_*` and
+    /// `FLOTILLA_FAULTS`, with the given default addresses. The limit and the faults are read for
+    /// every service, so one bad rule stops every component at start rather than the first drill.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the bad variable.
@@ -63,7 +91,30 @@ impl ServeConfig {
             grpc_addr: settings.socket_addr(&format!("{prefix}_GRPC_ADDR"), default_grpc)?,
             admin_addr: settings.socket_addr(&format!("{prefix}_ADMIN_ADDR"), default_admin)?,
             drain_timeout: drain_timeout(settings)?,
+            limit: LimitConfig::from_settings(settings)?,
+            faults: FaultRules::from_settings(settings)?,
         })
+    }
+
+    /// The same, with `drain_timeout` to finish in-flight calls at shutdown.
+    #[must_use]
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// The same, with the concurrency limit `limit`.
+    #[must_use]
+    pub fn with_limit(mut self, limit: LimitConfig) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The same, injecting the faults `faults`.
+    #[must_use]
+    pub fn with_faults(mut self, faults: FaultRules) -> Self {
+        self.faults = faults;
+        self
     }
 }
 
@@ -195,6 +246,21 @@ impl GrpcServer {
     pub async fn spawn_on(self, listeners: Listeners) -> Result<Running, ComponentError> {
         let name = self.name;
         let addrs = listeners.addrs();
+        // One limit per server, that is per service instance: under `flotilla up` every service
+        // sheds its own overload, not its neighbours'.
+        let limit = ConcurrencyLimitLayer::new(&self.config.limit);
+        let faults = FaultLayer::new(self.config.faults.clone());
+        let faults = if faults.is_active() {
+            // A drill left on by accident looks like an outage: say so loudly, once, at start.
+            tracing::warn!(
+                component = name,
+                rules = %self.config.faults,
+                "fault injection is on ({FAULTS_VAR}): matching calls are aborted or delayed on purpose"
+            );
+            Some(faults)
+        } else {
+            None
+        };
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let serve_error = |reason: String| ComponentError::Serve {
@@ -234,6 +300,15 @@ impl GrpcServer {
                     ))
                     // Calls a handler makes inherit the deadline of the call it serves.
                     .layer(crate::resilience::deadline::InheritDeadlineLayer)
+                    // A call that is itself a retry makes no retries of its own downstream.
+                    .layer(crate::resilience::retry::RetryMarkerLayer)
+                    // Load shedding: a call over the limit is refused at once, before any work.
+                    // Below tracing, so shed calls still show up; health and reflection exempt.
+                    .layer(limit)
+                    // Injected faults sit inside the limit, so an injected delay holds a place as
+                    // a slow handler would (and injected overload codes shrink the limit as real
+                    // ones do). Not installed without rules, so the default path pays one branch.
+                    .layer(tower::util::option_layer(faults))
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), closed)
             },

@@ -37,11 +37,7 @@ async fn product_service() -> Result<Upstream, Box<dyn std::error::Error + Send 
     };
     let built = product::build(&config).await?;
     let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let serve = ServeConfig {
-        grpc_addr: any_port,
-        admin_addr: any_port,
-        drain_timeout: Duration::from_secs(5),
-    };
+    let serve = ServeConfig::new(any_port, any_port).with_drain_timeout(Duration::from_secs(5));
     let running = GrpcServer::new("product", serve)
         .add_authorized_service(built.service, &keys().verifier, product::policy())
         .spawn()

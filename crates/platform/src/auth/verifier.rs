@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::claims::Claims;
 use super::config::{AuthConfig, KeySource};
 use crate::discovery::Discovery;
-use crate::discovery::balance::Balanced;
+use crate::discovery::Upstream;
 use crate::proto::auth::v1 as auth_pb;
 use crate::proto::auth::v1::auth_service_client::AuthServiceClient;
 
@@ -91,7 +91,7 @@ enum Keys {
 }
 
 struct PublishedKeys {
-    client: AuthServiceClient<Balanced>,
+    client: AuthServiceClient<Upstream>,
     cache: RwLock<KeyCache>,
     last_attempt: Mutex<Option<Instant>>,
     timing: FetchTiming,

@@ -22,9 +22,11 @@ pub mod consul;
 pub mod etcd;
 pub mod fixed;
 pub mod settings;
+pub mod upstream;
 
 pub use announce::{Announcement, Announcer};
 pub use settings::{Backend, DiscoveryConfig, RegistrationConfig};
+pub use upstream::Upstream;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,6 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+
+use crate::resilience::client::CallPolicies;
 
 /// One running instance of a service, as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,9 +143,12 @@ pub struct Discovery {
     registration: RegistrationConfig,
     /// Whether registering tells anyone (not with the `static` backend).
     announces: bool,
-    /// One channel per service for the whole component: one watch and one set of connections,
-    /// however many clients (the gateway's handlers, the token verifier) call the service.
-    channels: Arc<std::sync::Mutex<BTreeMap<String, balance::Balanced>>>,
+    /// How calls to each upstream are guarded.
+    calls: CallPolicies,
+    /// One channel per service for the whole component: one watch, one set of connections, one
+    /// set of breakers and one retry budget, however many clients (the gateway's handlers, the
+    /// token verifier) call the service.
+    channels: Arc<std::sync::Mutex<BTreeMap<String, Upstream>>>,
 }
 
 impl Discovery {
@@ -162,6 +169,7 @@ impl Discovery {
             registry,
             registration: config.registration.clone(),
             announces,
+            calls: config.calls.clone(),
             channels: Arc::default(),
         })
     }
@@ -172,6 +180,7 @@ impl Discovery {
             registry,
             registration,
             announces: true,
+            calls: CallPolicies::default(),
             channels: Arc::default(),
         }
     }
@@ -188,8 +197,16 @@ impl Discovery {
             registry: Arc::new(fixed::FixedRegistry::new(config)),
             registration: RegistrationConfig::default(),
             announces: false,
+            calls: CallPolicies::default(),
             channels: Arc::default(),
         }
+    }
+
+    /// The same, guarding calls as `calls` says instead of with the defaults.
+    #[must_use]
+    pub fn with_calls(mut self, calls: CallPolicies) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// The registry.
@@ -197,11 +214,15 @@ impl Discovery {
         &self.registry
     }
 
-    /// A load-balanced channel to the healthy instances of `service`, following the registry; the
-    /// same one (a clone) for every caller in this component. Needs a tokio runtime (the first call
-    /// for a service starts its watch).
-    pub fn channel(&self, service: &str) -> balance::Balanced {
-        let open = || balance::Balanced::new(service, self.registry.watch(service));
+    /// A guarded, load-balanced channel to the healthy instances of `service`, following the
+    /// registry, with the breakers and retries its [`CallPolicies`] entry says; the same one (a
+    /// clone) for every caller in this component. Needs a tokio runtime (the first call for a
+    /// service starts its watch).
+    pub fn channel(&self, service: &str) -> Upstream {
+        let open = || {
+            let balanced = balance::Balanced::new(service, self.registry.watch(service));
+            Upstream::new(balanced, self.calls.get(service))
+        };
         match self.channels.lock() {
             Ok(mut channels) => channels
                 .entry(service.to_owned())

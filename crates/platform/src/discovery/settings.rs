@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::consul::ConsulConfig;
 use super::etcd::EtcdConfig;
-use super::fixed::StaticConfig;
+use super::fixed::{FLOTILLA_SERVICES, StaticConfig};
 use crate::config::{ConfigError, Settings};
+use crate::resilience::client::CallPolicies;
 
 /// The backend's variable: `consul` (default), `etcd` or `static`.
 pub const BACKEND_VAR: &str = "FLOTILLA_DISCOVERY";
@@ -104,18 +105,21 @@ fn invalid(settings: &Settings, name: &str, value: &Duration, expected: &str) ->
 }
 
 /// Everything a component needs to find others and be found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DiscoveryConfig {
     /// The registry.
     pub backend: Backend,
     /// How this component's instances register.
     pub registration: RegistrationConfig,
+    /// How calls to each upstream service are guarded (breakers, retries).
+    pub calls: CallPolicies,
 }
 
 impl DiscoveryConfig {
     /// Reads `FLOTILLA_DISCOVERY` and the chosen backend's settings (`CONSUL_HTTP_ADDR` and
     /// `CONSUL_HTTP_TOKEN`, `FLOTILLA_ETCD_ENDPOINTS`, or `FLOTILLA_<SERVICE>_ENDPOINT` for
-    /// `static`), and the registration settings.
+    /// `static`), the registration settings, and the breaker and retry settings of calls to
+    /// each of Flotilla's services ([`CallPolicies`]).
     ///
     /// # Errors
     /// A [`ConfigError`] naming the bad variable.
@@ -131,6 +135,7 @@ impl DiscoveryConfig {
         Ok(Self {
             backend,
             registration: RegistrationConfig::from_settings(settings)?,
+            calls: CallPolicies::from_settings(settings, &upstream_names())?,
         })
     }
 
@@ -144,8 +149,14 @@ impl DiscoveryConfig {
                 token: None,
             }),
             registration: RegistrationConfig::default(),
+            calls: CallPolicies::default(),
         }
     }
+}
+
+/// The services Flotilla's components call each other by.
+pub fn upstream_names() -> Vec<&'static str> {
+    FLOTILLA_SERVICES.iter().map(|(name, _)| *name).collect()
 }
 
 #[cfg(test)]

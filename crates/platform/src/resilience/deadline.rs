@@ -147,9 +147,47 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let deadline = timeout(request.headers()).map(|timeout| later(Instant::now(), timeout));
+        let started = Instant::now();
+        let deadline = timeout(request.headers()).map(|timeout| later(started, timeout));
+        let uri = request.uri().clone();
         let call = self.inner.call(request);
-        Box::pin(scope(deadline, call))
+        Box::pin(async move {
+            let mut unanswered = Unanswered {
+                uri,
+                started,
+                deadline,
+                answered: false,
+            };
+            let result = scope(deadline, call).await;
+            unanswered.answered = true;
+            result
+        })
+    }
+}
+
+/// Notes a call whose handler was dropped before it answered: its caller reset the stream, or
+/// the server gave up at the call's deadline. Nothing else would say so (the handler's future just
+/// stops), and it is how a slow service learns its callers stopped waiting.
+struct Unanswered {
+    uri: http::Uri,
+    started: Instant,
+    deadline: Option<Instant>,
+    answered: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let now = Instant::now();
+        let elapsed = humantime::format_duration(now.saturating_duration_since(self.started));
+        let path = self.uri.path();
+        if self.deadline.is_some_and(|deadline| deadline <= now) {
+            tracing::debug!(%path, %elapsed, "call cancelled: its deadline passed before it answered");
+        } else {
+            tracing::debug!(%path, %elapsed, "call cancelled by its caller before it answered");
+        }
     }
 }
 

@@ -332,7 +332,6 @@ impl FaultLayer {
         if rules.is_empty() {
             return Self { shared: None };
         }
-        tracing::info!(rules = %rules, "fault injection is on ({FAULTS_VAR})");
         Self {
             shared: Some(Arc::new(Shared {
                 rules,

@@ -4,6 +4,7 @@
 
 pub mod attempt;
 pub mod breaker;
+pub mod client;
 pub mod deadline;
 pub mod faults;
 pub mod limit;

@@ -56,6 +56,13 @@ pub struct Breakers<S> {
     registry: Arc<BreakerRegistry>,
 }
 
+impl<S> Breakers<S> {
+    /// The service the breakers guard.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
 /// The future of a call through [`Breakers`].
 pub type BreakersFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;

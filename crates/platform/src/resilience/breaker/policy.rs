@@ -87,6 +87,14 @@ pub struct BreakerConfig {
 }
 
 impl BreakerConfig {
+    /// Every variable [`BreakerConfig::from_settings`] reads, for the list of known settings.
+    pub const SETTINGS: &[&str] = &[
+        "FLOTILLA_BREAKER",
+        "FLOTILLA_BREAKER_FAILURES",
+        "FLOTILLA_BREAKER_COOL_DOWN",
+        "FLOTILLA_BREAKER_K",
+    ];
+
     /// Reads:
     ///
     /// - `FLOTILLA_BREAKER`: `consecutive` (default) or `adaptive`;

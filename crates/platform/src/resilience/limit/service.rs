@@ -17,6 +17,20 @@ use super::{AimdLimit, LimitConfig, Outcome, Sample};
 /// reflection is an operator's tool for exactly such moments.
 const EXEMPT_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
 
+/// The wait a shed call's answer asks for, in gRPC's server-pushback metadata
+/// ([`PUSHBACK_METADATA`]). Short on purpose: a slot frees as soon as one call in flight finishes,
+/// which for Flotilla's calls is tens of milliseconds, and a caller retrying (on another instance,
+/// most likely) must still fit in its deadline (the gateway's is 3 s) and under the longest
+/// pushback the retry layer honours (`FLOTILLA_RETRY_BACKOFF_MAX`, 250 ms by default). Long enough
+/// that a retry does not land on a server that has had no time to drain. The header's presence
+/// matters most: it tells overload shedding apart from a quota (the auth service's login limit
+/// sends `retry-after` instead), so the gateway answers 503, not 429.
+pub(super) const SHED_PUSHBACK: Duration = Duration::from_millis(100);
+
+/// gRPC's server-pushback metadata (the retry design, A6): how many milliseconds the caller should
+/// wait before it tries again.
+pub(super) const PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
+
 /// The least time between two "shedding" warnings: under overload there is one shed call per
 /// request, and a warning each would drown the log.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
@@ -103,9 +117,13 @@ where
         // accepted and two calls cannot both take the last place.
         let Some(mut permit) = Shared::try_acquire(&self.shared) else {
             let (in_flight, limit) = self.shared.current();
-            let status = tonic::Status::resource_exhausted(format!(
+            let mut status = tonic::Status::resource_exhausted(format!(
                 "server overloaded: {in_flight} calls in flight (limit {limit}); retry later"
             ));
+            status.metadata_mut().insert(
+                PUSHBACK_METADATA,
+                tonic::metadata::MetadataValue::from(shed_pushback_millis()),
+            );
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
         let call = self.inner.call(request);
@@ -291,4 +309,9 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     headers
         .get("grpc-status")
         .map(|value| Code::from_bytes(value.as_bytes()))
+}
+
+/// [`SHED_PUSHBACK`] in whole milliseconds, as the metadata carries it.
+fn shed_pushback_millis() -> u64 {
+    u64::try_from(SHED_PUSHBACK.as_millis()).unwrap_or(u64::MAX)
 }

@@ -184,6 +184,14 @@ async fn the_call_over_the_limit_is_shed_at_once_and_health_never() -> TestResul
             .is_some_and(|m| m.contains("3 calls in flight (limit 3)")),
         "{message:?}"
     );
+    // The pushback is what tells shedding apart from a quota (which sends `retry-after`).
+    assert_eq!(
+        shed.headers()
+            .get("grpc-retry-pushback-ms")
+            .map(|value| value.as_bytes()),
+        Some(&b"100"[..])
+    );
+    assert!(shed.headers().get("retry-after").is_none());
     assert_eq!(layer.current(), (3, 3), "a shed call is not counted");
 
     let health = service
@@ -192,6 +200,7 @@ async fn the_call_over_the_limit_is_shed_at_once_and_health_never() -> TestResul
         .call(call("/grpc.health.v1.Health/Check"))
         .await?;
     assert_eq!(status_of(&health), Some(&b"0"[..]));
+    assert!(health.headers().get("grpc-retry-pushback-ms").is_none());
     assert_eq!(layer.current(), (3, 3));
 
     gate.add_permits(3);
@@ -201,7 +210,12 @@ async fn the_call_over_the_limit_is_shed_at_once_and_health_never() -> TestResul
     assert_eq!(layer.current().0, 0);
     let admitted = service.ready().await?.call(call(METHOD));
     gate.add_permits(1);
-    assert_eq!(status_of(&admitted.await?), Some(&b"0"[..]));
+    let admitted = admitted.await?;
+    assert_eq!(status_of(&admitted), Some(&b"0"[..]));
+    assert!(
+        admitted.headers().get("grpc-retry-pushback-ms").is_none(),
+        "only a shed call asks the caller to back off"
+    );
     Ok(())
 }
 

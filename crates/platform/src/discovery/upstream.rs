@@ -1,0 +1,93 @@
+//! The channel a Flotilla client calls another service on: its breakers, then its retries, then
+//! the load balancer, composed once per upstream service per component.
+//!
+//! Order matters. The breaker is outermost, so it sees one outcome per call (the last attempt's:
+//! a call that succeeded on its retry is a success) and its refusals are never retried. Retries
+//! sit on the balancer, so each attempt is a new pick that can avoid the instance that just
+//! failed. The balancer ejects single instances that fail (a connection, or seven answers in a
+//! row) while the service as a whole stays usable; the breaker is for when the whole service is
+//! failing.
+
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tower::{BoxError, Layer, Service};
+
+use super::balance::Balanced;
+use crate::resilience::breaker::{BreakerLayer, BreakerRegistry, Breakers, BreakersFuture};
+use crate::resilience::client::CallPolicy;
+use crate::resilience::retry::{IdempotentMethods, Retry, RetryLayer, RetryStats};
+
+/// Which Flotilla methods are unary and which are safe to send again, from the protos (decoded
+/// once per process).
+static FLOTILLA_METHODS: LazyLock<Arc<IdempotentMethods>> = LazyLock::new(|| {
+    let methods = IdempotentMethods::flotilla().unwrap_or_else(|error| {
+        // The descriptor set is compiled into the binary; should it not decode, calls go out
+        // unretried rather than not at all.
+        tracing::error!(%error, "the protos' descriptor set does not decode; no call is retried");
+        IdempotentMethods::default()
+    });
+    Arc::new(methods)
+});
+
+/// A guarded, load-balanced channel to one upstream service; what tonic's generated clients take
+/// (`ProductServiceClient::new(upstream)`). Clones share everything.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    stack: Breakers<Retry<Balanced>>,
+    balanced: Balanced,
+    breakers: Arc<BreakerRegistry>,
+}
+
+impl Upstream {
+    /// Puts `policy`'s breakers and retries on `balanced`.
+    pub fn new(balanced: Balanced, policy: &CallPolicy) -> Self {
+        let breakers = Arc::new(BreakerRegistry::new(policy.breaker.clone()));
+        let retries = RetryLayer::new(
+            balanced.service(),
+            &policy.retry,
+            Arc::clone(&FLOTILLA_METHODS),
+        );
+        let stack = BreakerLayer::new(Arc::clone(&breakers)).layer(retries.layer(balanced.clone()));
+        Self {
+            stack,
+            balanced,
+            breakers,
+        }
+    }
+
+    /// The service this channel reaches.
+    pub fn service(&self) -> &str {
+        self.balanced.service()
+    }
+
+    /// The balancer, for its view of the instances.
+    pub fn balancer(&self) -> &Balanced {
+        &self.balanced
+    }
+
+    /// The breakers of this upstream's methods.
+    pub fn breakers(&self) -> &Arc<BreakerRegistry> {
+        &self.breakers
+    }
+
+    /// What the retry layer has done so far.
+    pub fn retry_stats(&self) -> RetryStats {
+        self.stack.inner().stats()
+    }
+}
+
+impl Service<http::Request<Body>> for Upstream {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BreakersFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.stack.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        self.stack.call(request)
+    }
+}
