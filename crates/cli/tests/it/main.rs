@@ -8,6 +8,7 @@ mod fleet;
 mod identity;
 mod lifecycle;
 mod registry;
+mod resilience;
 mod rotation;
 mod serve;
 mod up;
