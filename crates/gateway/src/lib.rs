@@ -23,8 +23,9 @@ use platform::auth::Verifier;
 use platform::discovery::Discovery;
 use platform::shutdown::{ComponentError, Listeners, Running, Supervisor};
 pub use state::{AppState, Upstreams};
+use tower_http::LatencyUnit;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::error::ApiError;
 
@@ -58,7 +59,13 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(axum::middleware::map_response(error::json_errors))
         // Failures are logged once, where they are understood (ApiError), not again as bare 5xx.
-        .layer(TraceLayer::new_for_http().on_failure(()))
+        // Latency in microseconds: a request the gateway answers itself (an open breaker) takes
+        // well under a millisecond, which the default unit would log as 0.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_response(DefaultOnResponse::new().latency_unit(LatencyUnit::Micros))
+                .on_failure(()),
+        )
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
