@@ -29,15 +29,14 @@
 //! delays that fire add up and come first, then the call is aborted if an abort fired (the first
 //! one, in the order written), else it is served. An aborted call never reaches the service.
 //!
-//! Randomness: a SplitMix64 generator seeded from the operating system through `getrandom`;
-//! fairness matters here, secrecy does not. Tests inject their own [`FaultDraw`].
+//! Randomness: `fastrand`'s thread-local generator, seeded from the operating system; fairness
+//! matters here, secrecy does not. Tests inject their own [`FaultDraw`].
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -264,35 +263,6 @@ where
     }
 }
 
-/// The default draw: SplitMix64 (Steele et al., 2014) seeded from the operating system, lock-free.
-#[derive(Debug)]
-struct SplitMix(AtomicU64);
-
-impl SplitMix {
-    fn from_entropy() -> Self {
-        let seed = getrandom::u64().unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64)
-        });
-        Self(AtomicU64::new(seed))
-    }
-}
-
-impl FaultDraw for SplitMix {
-    fn draw(&self) -> f64 {
-        let mut z = self
-            .0
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // The top 53 bits, as many as an f64 holds exactly: uniform in [0, 1).
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Server-side fault injection, as a tower layer for `tonic::transport::Server::builder().layer`.
 #[derive(Clone)]
 pub struct FaultLayer {
@@ -316,7 +286,7 @@ impl fmt::Debug for FaultLayer {
 impl FaultLayer {
     /// A layer injecting `rules` with the default random source; logs the active rules once.
     pub fn new(rules: FaultRules) -> Self {
-        Self::with_draw(rules, SplitMix::from_entropy())
+        Self::with_draw(rules, fastrand::f64)
     }
 
     /// Reads `FLOTILLA_FAULTS` and builds the layer (a pass-through when it is unset or empty).

@@ -16,7 +16,6 @@
 //! The picker reads endpoints through a closure, so a pick looks at two of them (one lock each)
 //! however many there are, and the arithmetic is tested with plain values.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -114,43 +113,52 @@ fn better(
     if neglected { costlier.0 } else { cheaper.0 }
 }
 
-/// A small, lock-free source of random numbers for the draws and for jitter (SplitMix64, Steele
-/// et al., "Fast splittable pseudorandom number generators", 2014). Load balancing needs spread,
-/// not secrecy; the seed comes from the operating system so clients do not draw in step.
+/// Random numbers for the draws and for jitter: `fastrand`'s thread-local generator (seeded from
+/// the operating system, so clients do not draw in step; load balancing needs spread, not
+/// secrecy), or a seeded one for tests that need the same draws every run.
 #[derive(Debug)]
-pub(super) struct Random(AtomicU64);
+pub(super) enum Random {
+    /// The thread's own generator: no lock, no shared state.
+    Thread,
+    /// A generator of its own, from a fixed seed.
+    #[cfg(test)]
+    Seeded(std::sync::Mutex<fastrand::Rng>),
+}
 
 impl Random {
-    /// A generator seeded from the operating system (or the clock, should that fail).
+    /// Draws from the thread's generator.
     pub(super) fn from_entropy() -> Self {
-        let seed = getrandom::u64().unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as u64)
-        });
-        Self::seeded(seed)
+        Self::Thread
     }
 
     /// A generator with a fixed seed.
+    #[cfg(test)]
     pub(super) fn seeded(seed: u64) -> Self {
-        Self(AtomicU64::new(seed))
+        Self::Seeded(std::sync::Mutex::new(fastrand::Rng::with_seed(seed)))
     }
 
     /// The next 64 random bits.
     pub(super) fn next_u64(&self) -> u64 {
-        let mut z = self
-            .0
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        match self {
+            Self::Thread => fastrand::u64(..),
+            #[cfg(test)]
+            Self::Seeded(rng) => rng
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .u64(..),
+        }
     }
 
     /// A uniform fraction in `[0, 1)`.
     pub(super) fn fraction(&self) -> f64 {
-        // The top 53 bits fill an f64's mantissa exactly.
-        (self.next_u64() >> 11) as f64 / (1_u64 << 53) as f64
+        match self {
+            Self::Thread => fastrand::f64(),
+            #[cfg(test)]
+            Self::Seeded(rng) => rng
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .f64(),
+        }
     }
 }
 

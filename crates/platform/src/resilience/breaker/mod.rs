@@ -446,21 +446,8 @@ impl Drop for Permit {
     }
 }
 
-/// SplitMix64 seeded from the operating system (or the clock): cheap enough to draw under the lock,
-/// and the draws only need to be spread, not unpredictable.
+/// Draws from `fastrand`'s thread-local generator (seeded from the operating system): the draws
+/// only need to be spread, not unpredictable.
 fn default_random() -> RandomSource {
-    let mut state = getrandom::u64().unwrap_or_else(|_| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos() as u64)
-    });
-    Box::new(move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // The top 53 bits make an f64 in [0, 1).
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    })
+    Box::new(fastrand::f64)
 }

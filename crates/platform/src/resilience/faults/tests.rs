@@ -400,15 +400,6 @@ async fn no_rules_pass_everything_through() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn the_default_draw_stays_in_the_unit_interval_and_spreads() {
-    let draw = SplitMix::from_entropy();
-    let draws: Vec<f64> = (0..1000).map(|_| draw.draw()).collect();
-    assert!(draws.iter().all(|value| (0.0..1.0).contains(value)));
-    let below_half = draws.iter().filter(|value| **value < 0.5).count();
-    assert!((350..650).contains(&below_half), "{below_half}");
-}
-
 /// The layer must fit where `serve` puts its layers: on tonic's server builder, over its routes.
 #[test]
 fn the_layer_fits_the_tonic_server_builder() {

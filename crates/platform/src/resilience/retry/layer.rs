@@ -330,23 +330,8 @@ fn rebuild(parts: &http::request::Parts, bytes: &Bytes) -> http::Request<Body> {
     http::Request::from_parts(parts.clone(), Body::new(Full::new(bytes.clone())))
 }
 
-/// SplitMix64 (Steele et al., 2014) seeded from the operating system (or the clock): jitter needs
-/// spread, not secrecy, and this is lock-free.
+/// Jitter from `fastrand`'s thread-local generator (seeded from the operating system): jitter
+/// needs spread, not secrecy.
 fn default_jitter() -> JitterSource {
-    let seed = getrandom::u64().unwrap_or_else(|_| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos() as u64)
-    });
-    let state = AtomicU64::new(seed);
-    Arc::new(move || {
-        let mut z = state
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // The top 53 bits, as many as an f64 holds exactly.
-        (z >> 11) as f64 / (1_u64 << 53) as f64
-    })
+    Arc::new(fastrand::f64)
 }
