@@ -183,10 +183,20 @@ impl Drop for Unanswered {
         let now = Instant::now();
         let elapsed = humantime::format_duration(now.saturating_duration_since(self.started));
         let path = self.uri.path();
-        if self.deadline.is_some_and(|deadline| deadline <= now) {
-            tracing::debug!(%path, %elapsed, "call cancelled: its deadline passed before it answered");
-        } else {
-            tracing::debug!(%path, %elapsed, "call cancelled by its caller before it answered");
+        match self.deadline {
+            Some(deadline) if deadline <= now => {
+                tracing::debug!(%path, %elapsed, "call cancelled: its deadline passed before it answered");
+            }
+            // The caller's clock ran ahead of ours (its deadline passed a transit earlier), or
+            // it gave up on its own.
+            Some(deadline) => {
+                let deadline_in =
+                    humantime::format_duration(deadline.saturating_duration_since(now));
+                tracing::debug!(%path, %elapsed, %deadline_in, "call cancelled by its caller before it answered");
+            }
+            None => {
+                tracing::debug!(%path, %elapsed, "call cancelled by its caller before it answered");
+            }
         }
     }
 }
