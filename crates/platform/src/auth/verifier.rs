@@ -224,7 +224,10 @@ impl PublishedKeys {
         *last_attempt = Some(Instant::now());
         let mut request = tonic::Request::new(auth_pb::GetJwksRequest {});
         request.set_timeout(JWKS_TIMEOUT);
-        let response = tokio::time::timeout(JWKS_TIMEOUT, self.client.clone().get_jwks(request))
+        // The call's own deadline ends it, so the breaker sees the upstream's slowness; this is
+        // only a backstop, a little later, should something below not honour the deadline.
+        let backstop = JWKS_TIMEOUT + Duration::from_secs(1);
+        let response = tokio::time::timeout(backstop, self.client.clone().get_jwks(request))
             .await
             .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("fetching the JWKS timed out")))
             .map_err(|status| {

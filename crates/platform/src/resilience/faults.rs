@@ -284,7 +284,8 @@ impl fmt::Debug for FaultLayer {
 }
 
 impl FaultLayer {
-    /// A layer injecting `rules` with the default random source; logs the active rules once.
+    /// A layer injecting `rules` with the default random source (`GrpcServer` logs the active
+    /// rules when it installs it).
     pub fn new(rules: FaultRules) -> Self {
         Self::with_draw(rules, fastrand::f64)
     }

@@ -7,9 +7,12 @@
 //! multiplicative-decrease rule of TCP congestion control, as Netflix's concurrency-limits library
 //! implements it in `AIMDLimit` ([`AimdLimit`] here):
 //!
-//! - a call that failed for overload (`RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED` or `UNAVAILABLE`
-//!   from the handler) or took longer than [`LimitConfig::timeout`] multiplies the limit by
-//!   [`LimitConfig::backoff_ratio`] (0.9), never below [`LimitConfig::min`];
+//! - a call that was too slow multiplies the limit by [`LimitConfig::backoff_ratio`] (0.9), never
+//!   below [`LimitConfig::min`]: it answered `DEADLINE_EXCEEDED`, took longer than
+//!   [`LimitConfig::timeout`], or was still unanswered when its own deadline (`grpc-timeout`)
+//!   passed (tonic then drops it, so no answer would ever show it). A handler's
+//!   `RESOURCE_EXHAUSTED` (a quota) or `UNAVAILABLE` (something it calls is down) is not this
+//!   server's overload, and this layer never samples its own refusals;
 //! - any other finished call adds one, never above [`LimitConfig::max`], but only when the limit was
 //!   being used (at least half of it in flight when the call started): an idle server has learned
 //!   nothing about how much it can take, and its limit must not drift up to the ceiling.
@@ -29,7 +32,10 @@
 //! - the outcome is the `grpc-status` of the response headers (a trailers-only answer, which is
 //!   how tonic reports a handler's error) or of the trailers when the body ends; a body dropped
 //!   before any status was seen (the client went away) or an error from the inner service is no
-//!   sample at all, as concurrency-limits' `onIgnore`: a cancellation says nothing about the server;
+//!   sample at all, as concurrency-limits' `onIgnore`, unless the call's deadline had passed by
+//!   then: a cancellation says nothing about the server, a missed deadline does;
+//! - a refused call carries `grpc-retry-pushback-ms: 100` (gRPC's server pushback), so callers
+//!   tell overload from a quota: the gateway answers 503, and retries go to another instance;
 //! - the call is in flight from acceptance until its response body ends or is dropped, so a stream
 //!   holds its place for as long as it runs.
 //!
@@ -141,18 +147,20 @@ fn out_of_order(
 pub enum Outcome {
     /// The server answered (any answer that is not an overload signal, client errors included).
     Success,
-    /// The server could not keep up: it answered with an overload code, or timed out.
+    /// The server could not keep up: the call's deadline passed before it answered, or it took
+    /// longer than the limit's timeout.
     Dropped,
 }
 
 impl Outcome {
-    /// The outcome a gRPC code stands for: `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED` and
-    /// `UNAVAILABLE` say the server was overloaded; everything else was an answer.
+    /// The outcome an answered call's gRPC code stands for: only `DEADLINE_EXCEEDED` says this
+    /// server was too slow. Not `RESOURCE_EXHAUSTED`: this layer never samples its own shedding,
+    /// and a handler's is a quota (the login limit), which a client can run into as often as it
+    /// likes; not `UNAVAILABLE`, which a handler answers when something *it* calls is down,
+    /// while this server idles. Lowering the limit for either would shed healthy traffic.
     pub fn of(code: tonic::Code) -> Self {
         match code {
-            tonic::Code::ResourceExhausted
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unavailable => Self::Dropped,
+            tonic::Code::DeadlineExceeded => Self::Dropped,
             _ => Self::Success,
         }
     }

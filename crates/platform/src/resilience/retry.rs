@@ -13,9 +13,10 @@
 //! unknown method passes through untouched (its body is never buffered). Then, by outcome:
 //!
 //! - the balancer's [`AttemptError`](crate::resilience::attempt::AttemptError) with
-//!   [`Reach::NotSent`](crate::resilience::attempt::Reach::NotSent) (no instance could take it,
-//!   the connection could not be opened, the server refused the stream unread): any method, since
-//!   no server saw the request; not `DEADLINE_EXCEEDED`, which will not get better;
+//!   [`Reach::NotSent`](crate::resilience::attempt::Reach::NotSent) on an instance (the connection
+//!   could not be opened, the server refused the stream unread): any method, since no server saw
+//!   the request; not `DEADLINE_EXCEEDED`, which will not get better, and not when no instance
+//!   could take it at all (the balancer has already waited for one as long as it should);
 //! - only for methods marked `option idempotency_level = NO_SIDE_EFFECTS;` or `IDEMPOTENT` (the
 //!   protobuf option; Flotilla's protos mark their reads and `Revoke`): a connection lost after
 //!   the request went out (`Reach::MaybeSent` with `UNAVAILABLE`), an answer of `UNAVAILABLE`,

@@ -72,6 +72,12 @@ pub(super) struct Ejection {
     /// Whether the current ejection is for failed answers rather than a failed connection: it
     /// ends by readmission, not by a new connection.
     for_answers: bool,
+    /// Answers in a row with a server-side failure, on the current connection. Kept apart from
+    /// `consecutive_failures`: calls that die with a crashed instance, and failed probes, say
+    /// nothing about how the instance answers once it is back.
+    failed_answers: u32,
+    /// Ejections for failed answers since the last good answer: the back-off's step.
+    answer_ejections: u32,
 }
 
 impl Ejection {
@@ -79,6 +85,16 @@ impl Ejection {
     pub(super) fn record_success(&mut self) {
         self.consecutive_failures = 0;
         self.ejections = 0;
+        self.failed_answers = 0;
+        self.answer_ejections = 0;
+    }
+
+    /// An answer on the current connection was a server-side failure at `now`; returns the
+    /// failed answers in a row so far.
+    pub(super) fn record_failed_answer(&mut self, now: Instant, error: String) -> u32 {
+        self.record_failure(now, error);
+        self.failed_answers = self.failed_answers.saturating_add(1);
+        self.failed_answers
     }
 
     /// A call or probe failed at `now` with `error`; returns the consecutive failures so far.
@@ -123,9 +139,9 @@ impl Ejection {
             return None;
         }
         self.for_answers = true;
-        self.ejections = self.ejections.saturating_add(1);
+        self.answer_ejections = self.answer_ejections.saturating_add(1);
         self.failed_probes = 0;
-        let delay = policy.backoff(self.ejections, fraction);
+        let delay = policy.backoff(self.answer_ejections, fraction);
         self.next_probe = Some(now + delay);
         Some(delay)
     }
@@ -170,6 +186,17 @@ impl Ejection {
     pub(super) fn restore(&mut self) {
         self.next_probe = None;
         self.failed_probes = 0;
+        self.for_answers = false;
+        // A new connection, most likely to a new process: its answers start a new count.
+        self.failed_answers = 0;
+        self.answer_ejections = 0;
+    }
+
+    /// The back-off of an ejection for failed answers is over: back in the picker on the same
+    /// connection, on probation (the failed answers are remembered, so the next one ejects it
+    /// again, one step longer).
+    pub(super) fn readmit(&mut self) {
+        self.next_probe = None;
         self.for_answers = false;
     }
 
@@ -321,7 +348,7 @@ mod tests {
                 let delay = ejection.eject_for_answers(now, &POLICY, 0.0);
                 assert!(ejection.is_for_answers());
                 assert_eq!(ejection.eject_for_answers(now, &POLICY, 0.0), None);
-                ejection.restore();
+                ejection.readmit();
                 delay.map_or(0, |delay| delay.as_secs())
             })
             .collect();
@@ -342,10 +369,38 @@ mod tests {
         let mut ejection = Ejection::default();
         ejection.eject_for_answers(now, &POLICY, 0.0);
         assert_eq!(ejection.next_probe(), Some(now + secs(1)));
-        // The second ejection in a row: one step along, and it now needs a new connection.
-        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(secs(1)));
+        // Its connection is what failed now: it needs a new one, tried at once.
+        assert_eq!(ejection.eject(now, &POLICY, 0.0), Some(Duration::ZERO));
         assert!(ejection.is_ejected() && !ejection.is_for_answers());
         assert_eq!(ejection.eject_for_answers(now, &POLICY, 0.0), None);
+    }
+
+    #[test]
+    fn only_failed_answers_count_towards_an_ejection_for_answers_and_a_reconnect_resets_them() {
+        let now = Instant::now();
+        let mut ejection = Ejection::default();
+        // Ten calls die with a crashing instance; its probes fail twice.
+        for _ in 0..10 {
+            ejection.record_failure(now, "reset".into());
+        }
+        ejection.eject(now, &POLICY, 0.0);
+        ejection.probe_failed(now, &POLICY, 0.0);
+        ejection.probe_failed(now, &POLICY, 0.0);
+        ejection.restore();
+        // Back on a new connection, its first failed answer is the first of seven.
+        assert_eq!(ejection.record_failed_answer(now, "UNAVAILABLE".into()), 1);
+        assert_eq!(
+            ejection.consecutive_failures(),
+            11,
+            "the snapshot still sees them all"
+        );
+        for _ in 2..=7 {
+            ejection.record_failed_answer(now, "UNAVAILABLE".into());
+        }
+        assert_eq!(ejection.eject_for_answers(now, &POLICY, 0.0), Some(secs(1)));
+        // Readmitted on probation, it keeps its count; a reconnect would not.
+        ejection.readmit();
+        assert_eq!(ejection.record_failed_answer(now, "UNAVAILABLE".into()), 8);
     }
 
     #[test]

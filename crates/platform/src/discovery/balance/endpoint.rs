@@ -185,7 +185,7 @@ impl Endpoint {
             }
             Err(error) => {
                 let now = Instant::now();
-                let failures = state.ejection.record_failure(now, error);
+                let failures = state.ejection.record_failed_answer(now, error);
                 if eject_after == 0 || failures < eject_after {
                     return None;
                 }
@@ -210,7 +210,14 @@ impl Endpoint {
         if generation != state.generation {
             return None;
         }
-        state.ejection.eject(now, policy, fraction)
+        let ejected = state.ejection.eject(now, policy, fraction);
+        drop(state);
+        if ejected.is_some() {
+            // A probe task waiting out an ejection for failed answers must now reconnect, at
+            // once, not at the end of that back-off.
+            self.hurried.notify_one();
+        }
+        ejected
     }
 
     /// The warm-up's connection failed at `now`. Ejects the endpoint, the warm-up counting as its
@@ -347,7 +354,7 @@ impl ProbeTicket {
         if state.probe != Some(self.id) || !state.ejection.is_for_answers() {
             return false;
         }
-        state.ejection.restore();
+        state.ejection.readmit();
         state.probe = None;
         true
     }

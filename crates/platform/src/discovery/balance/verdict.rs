@@ -1,13 +1,14 @@
 //! Whether an answer counts for or against the instance that gave it, from its gRPC status.
 //!
-//! The same classification as the circuit breakers' ([`counts_as_failure`]): only codes saying
-//! the server could not answer are failures; client errors show a server working correctly, and
-//! `CANCELLED` (the caller gave up) says nothing.
+//! The same classification as the circuit breakers' ([`classify_headers`]): only codes saying
+//! the server could not answer are failures (`RESOURCE_EXHAUSTED` only from a server shedding
+//! load, not a quota); client errors show a server working correctly, and `CANCELLED` (the caller
+//! gave up) says nothing.
 
 use http::HeaderMap;
 use tonic::Code;
 
-use crate::resilience::breaker::{Outcome, counts_as_failure};
+use crate::resilience::breaker::{Outcome, classify_headers};
 
 /// `Ok` for a good answer, the failure's description for a failed one.
 pub(super) type Verdict = Result<(), String>;
@@ -17,7 +18,7 @@ pub(super) type Verdict = Result<(), String>;
 /// about the instance.
 pub(super) fn verdict(headers: &HeaderMap) -> Option<Option<Verdict>> {
     let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
-    Some(match counts_as_failure(code) {
+    Some(match classify_headers(headers)? {
         Outcome::Success => Some(Ok(())),
         Outcome::Failure => Some(Err(format!("answered {}", code.description()))),
         Outcome::Ignored => None,
@@ -41,13 +42,21 @@ mod tests {
         // NOT_FOUND, PERMISSION_DENIED: the server works.
         assert_eq!(verdict(&status("5")), Some(Some(Ok(()))));
         assert_eq!(verdict(&status("7")), Some(Some(Ok(()))));
-        // UNAVAILABLE, INTERNAL, RESOURCE_EXHAUSTED.
-        for failure in ["14", "13", "8"] {
+        // UNAVAILABLE, INTERNAL.
+        for failure in ["14", "13"] {
             assert!(
                 matches!(verdict(&status(failure)), Some(Some(Err(_)))),
                 "{failure}"
             );
         }
+        // RESOURCE_EXHAUSTED: shedding is a failure, a quota is the answer of a working server.
+        let mut shed = status("8");
+        shed.insert(
+            "grpc-retry-pushback-ms",
+            http::HeaderValue::from_static("100"),
+        );
+        assert!(matches!(verdict(&shed), Some(Some(Err(_)))));
+        assert_eq!(verdict(&status("8")), Some(Some(Ok(()))));
         // CANCELLED says nothing.
         assert_eq!(verdict(&status("1")), Some(None));
     }

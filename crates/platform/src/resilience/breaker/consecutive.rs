@@ -129,9 +129,11 @@ impl Consecutive {
 
     /// Opens with a fresh cool-down from `now`.
     fn open(&mut self, now: Instant) -> Option<Change> {
-        self.move_to(State::Open {
-            until: now + self.cool_down,
-        })
+        // A cool-down too long to add (set by hand, not through settings) is "open for good".
+        let until = now
+            .checked_add(self.cool_down)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        self.move_to(State::Open { until })
     }
 
     fn move_to(&mut self, state: State) -> Option<Change> {

@@ -22,7 +22,8 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::BoxError;
 
-use super::{BreakerRegistry, Outcome, Permit, counts_as_failure};
+use super::{BreakerRegistry, Outcome, PUSHBACK, Permit, classify, classify_headers};
+use crate::resilience::attempt::{AttemptError, Reach};
 
 /// Puts the breakers of `registry` in front of a client's channel.
 #[derive(Debug, Clone)]
@@ -97,14 +98,14 @@ where
         Box::pin(async move {
             match call.await {
                 Ok(response) => {
-                    if let Some(code) = grpc_status(response.headers()) {
-                        permit.record(counts_as_failure(code), Instant::now());
+                    if let Some(outcome) = classify_headers(response.headers()) {
+                        permit.record(outcome, Instant::now());
                         return Ok(response);
                     }
                     Ok(response.map(|body| Body::new(PermitBody::new(body, permit))))
                 }
                 Err(error) => {
-                    permit.record(counts_as_failure(code_of(&*error)), Instant::now());
+                    permit.record(outcome_of_error(&*error), Instant::now());
                     Err(error)
                 }
             }
@@ -112,27 +113,29 @@ where
     }
 }
 
-/// The gRPC status in `headers`, if there is one.
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    headers
-        .get("grpc-status")
-        .map(|value| Code::from_bytes(value.as_bytes()))
-}
-
-/// The code a caller will see for a call that got no answer: the status inside the error, as
-/// tonic's client finds it; a deadline tonic enforced itself is the upstream being too slow.
-fn code_of(error: &(dyn std::error::Error + 'static)) -> Code {
+/// How a call that got no answer counts. A call that never went to any instance (none listed,
+/// all ejected, or its deadline spent before it could start) says nothing about the upstream:
+/// counting it would open the breaker on a two-second restart of a one-instance service, or on
+/// the caller's own slowness. Otherwise the code a caller will see counts, as tonic's client finds
+/// it in the error; a deadline tonic enforced itself is the upstream being too slow.
+fn outcome_of_error(error: &(dyn std::error::Error + 'static)) -> Outcome {
+    if let Some(attempt) = error.downcast_ref::<AttemptError>()
+        && attempt.reach() == Reach::NotSent
+        && attempt.instance().is_none()
+    {
+        return Outcome::Ignored;
+    }
     let mut current = Some(error);
     while let Some(error) = current {
         if let Some(status) = error.downcast_ref::<Status>() {
-            return status.code();
+            return classify(status.code(), status.metadata().contains_key(PUSHBACK));
         }
         if error.is::<tonic::TimeoutExpired>() {
-            return Code::DeadlineExceeded;
+            return classify(Code::DeadlineExceeded, false);
         }
         current = error.source();
     }
-    Code::Unknown
+    classify(Code::Unknown, false)
 }
 
 /// A response body carrying its call's permit until the status arrives in the trailers.
@@ -171,7 +174,7 @@ impl HttpBody for PermitBody {
             Poll::Ready(None | Some(Err(_))) => this.record(Outcome::Failure),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let outcome = grpc_status(trailers).map_or(Outcome::Failure, counts_as_failure);
+                    let outcome = classify_headers(trailers).unwrap_or(Outcome::Failure);
                     this.record(outcome);
                 } else if this.inner.is_end_stream() {
                     this.record(Outcome::Failure);

@@ -64,6 +64,28 @@ pub enum Outcome {
     Ignored,
 }
 
+/// The metadata a server shedding load sends with `RESOURCE_EXHAUSTED` (gRPC's server pushback,
+/// retry design A6), and an open breaker with `UNAVAILABLE`.
+pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// Classifies an answer by its gRPC code and whether it carried [`PUSHBACK`]: as
+/// [`counts_as_failure`], except that `RESOURCE_EXHAUSTED` without a pushback is a quota (the
+/// login limit), the answer of a server that works. Counting quotas would let one client who
+/// keeps hitting its own limit open the breaker for everyone.
+pub fn classify(code: Code, pushback: bool) -> Outcome {
+    if code == Code::ResourceExhausted && !pushback {
+        return Outcome::Success;
+    }
+    counts_as_failure(code)
+}
+
+/// [`classify`] over the headers (of a trailers-only answer) or trailers that carry a status;
+/// `None` when they carry none.
+pub fn classify_headers(headers: &http::HeaderMap) -> Option<Outcome> {
+    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    Some(classify(code, headers.contains_key(PUSHBACK)))
+}
+
 /// Classifies a call's gRPC code (see the module documentation for why).
 pub fn counts_as_failure(code: Code) -> Outcome {
     match code {

@@ -129,10 +129,16 @@ impl BreakerConfig {
             &var("FLOTILLA_BREAKER_FAILURES"),
             BreakerPolicy::DEFAULT_THRESHOLD,
         )?;
-        let cool_down = settings.duration(
-            &var("FLOTILLA_BREAKER_COOL_DOWN"),
-            BreakerPolicy::DEFAULT_COOL_DOWN,
-        )?;
+        let cool_down_var = var("FLOTILLA_BREAKER_COOL_DOWN");
+        let cool_down = settings.duration(&cool_down_var, BreakerPolicy::DEFAULT_COOL_DOWN)?;
+        if cool_down.is_zero() || cool_down > MAX_COOL_DOWN {
+            return Err(ConfigError::Invalid {
+                value: humantime::format_duration(cool_down).to_string(),
+                origin: settings.origin(&cool_down_var),
+                name: cool_down_var,
+                expected: "a duration above zero and at most 24h".to_owned(),
+            });
+        }
         let k = read_k(settings, &var("FLOTILLA_BREAKER_K"))?;
         let policy = if kind == "adaptive" {
             BreakerPolicy::Adaptive {
@@ -151,6 +157,10 @@ impl BreakerConfig {
         Ok(Self { policy })
     }
 }
+
+/// The longest cool-down a setting may ask for: a breaker open for longer is a switch, not a
+/// breaker.
+const MAX_COOL_DOWN: Duration = Duration::from_secs(24 * 3600);
 
 /// `K` as a decimal: [`Settings`] has no parser for decimals, so the string is parsed here. Below 1
 /// the formula rejects traffic that never fails, so that is refused.

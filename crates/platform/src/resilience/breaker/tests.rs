@@ -328,6 +328,8 @@ fn settings_choose_the_policy() -> TestResult {
         ("FLOTILLA_BREAKER", "sometimes"),
         ("FLOTILLA_BREAKER_FAILURES", "0"),
         ("FLOTILLA_BREAKER_COOL_DOWN", "60"),
+        ("FLOTILLA_BREAKER_COOL_DOWN", "0s"),
+        ("FLOTILLA_BREAKER_COOL_DOWN", "300000000years"),
         ("FLOTILLA_BREAKER_K", "0.5"),
         ("FLOTILLA_BREAKER_K", "fast"),
         ("FLOTILLA_BREAKER_K", "NaN"),

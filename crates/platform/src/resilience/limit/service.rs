@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use super::{AimdLimit, LimitConfig, Outcome, Sample};
+use crate::resilience::deadline;
 
 /// Services that are never limited: health checks must answer while the server sheds load, and
 /// reflection is an operator's tool for exactly such moments.
@@ -126,9 +127,13 @@ where
             );
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
+        permit.deadline = deadline::timeout(request.headers())
+            .and_then(|timeout| permit.started.checked_add(timeout));
         let call = self.inner.call(request);
         Box::pin(async move {
-            // An error, or this future dropped (the caller gave up), drops the permit unsampled.
+            // An error, or this future dropped, drops the permit: sampled as a drop when the
+            // call's deadline had passed (the server was too slow to answer in time: tonic drops
+            // the call then, so no answer ever shows it), else unsampled (the caller gave up).
             let response = call.await?;
             permit.latency = Some(permit.started.elapsed());
             permit.code = grpc_status(response.headers());
@@ -196,6 +201,7 @@ impl Shared {
             shared: Arc::clone(shared),
             in_flight: state.in_flight,
             started: Instant::now(),
+            deadline: None,
             latency: None,
             code: None,
         })
@@ -226,6 +232,8 @@ struct Permit {
     /// Calls in flight when this one was admitted, itself included.
     in_flight: u32,
     started: Instant,
+    /// The call's deadline, from its `grpc-timeout`.
+    deadline: Option<Instant>,
     /// Time to the response headers; `None` until they came.
     latency: Option<Duration>,
     /// The call's gRPC status once seen (headers or trailers).
@@ -240,7 +248,16 @@ impl Drop for Permit {
                 in_flight: self.in_flight,
                 outcome: Outcome::of(code),
             }),
-            _ => None,
+            _ => {
+                let now = Instant::now();
+                self.deadline
+                    .filter(|deadline| *deadline <= now)
+                    .map(|_| Sample {
+                        latency: now.saturating_duration_since(self.started),
+                        in_flight: self.in_flight,
+                        outcome: Outcome::Dropped,
+                    })
+            }
         };
         self.shared.release(sample);
     }

@@ -59,19 +59,17 @@ fn a_drop_or_a_slow_call_multiplies_by_the_ratio_down_to_the_floor() {
 }
 
 #[test]
-fn overload_codes_are_drops_and_other_answers_successes() {
-    for code in [
-        tonic::Code::ResourceExhausted,
-        tonic::Code::DeadlineExceeded,
-        tonic::Code::Unavailable,
-    ] {
-        assert_eq!(Outcome::of(code), Outcome::Dropped, "{code:?}");
-    }
+fn only_a_passed_deadline_is_a_drop_among_answers() {
+    assert_eq!(Outcome::of(tonic::Code::DeadlineExceeded), Outcome::Dropped);
+    // A quota (RESOURCE_EXHAUSTED) and a downstream outage (UNAVAILABLE) are not this server's
+    // overload.
     for code in [
         tonic::Code::Ok,
         tonic::Code::NotFound,
         tonic::Code::Internal,
         tonic::Code::PermissionDenied,
+        tonic::Code::ResourceExhausted,
+        tonic::Code::Unavailable,
     ] {
         assert_eq!(Outcome::of(code), Outcome::Success, "{code:?}");
     }
@@ -232,6 +230,35 @@ async fn a_cancelled_call_gives_its_place_back() -> TestResult {
     Ok(())
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_after_its_deadline_is_a_drop_and_one_dropped_before_is_not() -> TestResult {
+    let layer = ConcurrencyLimitLayer::new(&config(10, 1, 10));
+    let gate = Arc::new(Semaphore::new(0));
+    let mut service = layer.layer(held(gate));
+    let with_deadline = || {
+        let mut request = call(METHOD);
+        request
+            .headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("100m"));
+        request
+    };
+
+    // The caller gives up well before the deadline: not this server's fault.
+    let early = tokio::spawn(service.ready().await?.call(with_deadline()));
+    tokio::time::advance(Duration::from_millis(50)).await;
+    early.abort();
+    assert!(early.await.is_err_and(|error| error.is_cancelled()));
+    assert_eq!(layer.current(), (0, 10));
+
+    // Still unanswered when its deadline passes (tonic then drops it): the server was too slow.
+    let late = tokio::spawn(service.ready().await?.call(with_deadline()));
+    tokio::time::advance(Duration::from_millis(150)).await;
+    late.abort();
+    assert!(late.await.is_err_and(|error| error.is_cancelled()));
+    assert_eq!(layer.current(), (0, 9));
+    Ok(())
+}
+
 /// A response body the test feeds frame by frame.
 struct Fed(tokio::sync::mpsc::Receiver<http_body::Frame<tonic::codegen::Bytes>>);
 
@@ -281,13 +308,13 @@ async fn a_stream_is_in_flight_until_its_body_ends_or_is_dropped() -> TestResult
     assert!(next_frame(&mut body).await.is_some_and(|f| f.is_data()));
     assert_eq!(layer.current(), (1, 10));
     let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from(14));
+    trailers.insert("grpc-status", http::HeaderValue::from(4));
     frames.send(http_body::Frame::trailers(trailers)).await?;
     assert!(next_frame(&mut body).await.is_some_and(|f| f.is_trailers()));
     assert_eq!(
         layer.current(),
         (0, 9),
-        "UNAVAILABLE in the trailers is a drop"
+        "DEADLINE_EXCEEDED in the trailers is a drop"
     );
 
     // Dropped mid-stream (its sender stays open): released, unsampled.
@@ -328,9 +355,9 @@ async fn the_limit_grows_under_saturating_success_and_shrinks_after_drops() -> T
     let dropped = service
         .ready()
         .await?
-        .call(failing(METHOD, tonic::Code::ResourceExhausted))
+        .call(failing(METHOD, tonic::Code::DeadlineExceeded))
         .await?;
-    assert_eq!(status_of(&dropped), Some(&b"8"[..]));
+    assert_eq!(status_of(&dropped), Some(&b"4"[..]));
     assert_eq!(layer.current(), (0, 7), "floor(8 × 0.9)");
 
     // A call slower than the timeout counts as a drop, though it succeeded.

@@ -286,8 +286,15 @@ pub(super) fn classify(
             let attempt = error.downcast_ref::<AttemptError>()?;
             let code = attempt.status().code();
             let reason = match attempt.reach() {
-                // A deadline the balancer gave up on is not going to come back.
-                Reach::NotSent if code != Code::DeadlineExceeded => Reason::NotSent,
+                // A deadline the balancer gave up on is not going to come back. Without an
+                // instance (none listed, every one ejected, discovery silent) the balancer has
+                // already waited for one as long as it sensibly could: another attempt would
+                // only wait again and spend the budget.
+                Reach::NotSent
+                    if code != Code::DeadlineExceeded && attempt.instance().is_some() =>
+                {
+                    Reason::NotSent
+                }
                 Reach::MaybeSent if code == Code::Unavailable && kind.idempotent => Reason::Lost,
                 Reach::NotSent | Reach::MaybeSent => return None,
             };

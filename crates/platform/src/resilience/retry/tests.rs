@@ -324,10 +324,16 @@ async fn only_safe_outcomes_are_retried() -> TestResult {
         // Never reached a server: any method.
         (GET, Failed(Code::Unavailable, Some("a"), NotSent), 2),
         (CREATE, Failed(Code::Unavailable, Some("a"), NotSent), 2),
-        (CREATE, Failed(Code::Unavailable, None, NotSent), 2),
-        (CREATE, Failed(Code::ResourceExhausted, None, NotSent), 2),
-        // ...but a deadline that passed stays passed.
+        (
+            CREATE,
+            Failed(Code::ResourceExhausted, Some("a"), NotSent),
+            2,
+        ),
+        // ...but a deadline that passed stays passed, and with no instance to go to the
+        // balancer has already waited for one.
         (GET, Failed(Code::DeadlineExceeded, None, NotSent), 1),
+        (GET, Failed(Code::Unavailable, None, NotSent), 1),
+        (CREATE, Failed(Code::Unavailable, None, NotSent), 1),
         // Maybe reached it: idempotent methods only, and only for UNAVAILABLE.
         (GET, Failed(Code::Unavailable, Some("a"), MaybeSent), 2),
         (CREATE, Failed(Code::Unavailable, Some("a"), MaybeSent), 1),

@@ -9,7 +9,7 @@ use prost::bytes::Bytes;
 use tower::{Service, ServiceExt};
 
 use super::*;
-use crate::resilience::attempt::AttemptError;
+use crate::resilience::attempt::{AttemptError, Reach};
 use crate::resilience::breaker::{BreakerConfig, BreakerPolicy, BreakerState};
 
 type TestResult = Result<(), BoxError>;
@@ -24,8 +24,12 @@ enum Answer {
     Headers(Code),
     /// A message, then this code in the trailers.
     Trailers(Code),
-    /// No answer: the balancer's error with this code.
+    /// No answer: the balancer's error with this code, after an instance was chosen.
     Error(Code),
+    /// No answer, and no instance was ever chosen (none listed, or the deadline already spent).
+    Unsent(Code),
+    /// A trailers-only `RESOURCE_EXHAUSTED` with a `retry-after`: a quota, not overload.
+    Quota,
 }
 
 /// An upstream answering as `answer` says, counting the calls that reach it.
@@ -80,8 +84,23 @@ impl Service<http::Request<Body>> for Upstream {
                     Ok(http::Response::new(body))
                 }
                 Answer::Error(code) => {
+                    let error = AttemptError::new(
+                        Status::new(code, "scripted"),
+                        Some(Arc::from("product-1")),
+                        Reach::MaybeSent,
+                    );
+                    Err(Box::new(error) as BoxError)
+                }
+                Answer::Unsent(code) => {
                     let error = AttemptError::unsent(Status::new(code, "scripted"));
                     Err(Box::new(error) as BoxError)
+                }
+                Answer::Quota => {
+                    let mut status = Status::resource_exhausted("too many failed logins");
+                    status
+                        .metadata_mut()
+                        .insert("retry-after", tonic::metadata::MetadataValue::from(30));
+                    Ok(status.into_http())
                 }
             }
         })
@@ -121,6 +140,13 @@ async fn call(service: &mut Breakers<Upstream>, path: &str) -> Result<Code, BoxE
         }
         Err(error) => Ok(Status::from_error(error).code()),
     }
+}
+
+/// The gRPC status in `headers`, if there is one.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| Code::from_bytes(value.as_bytes()))
 }
 
 fn state(registry: &BreakerRegistry, method: &str) -> Option<BreakerState> {
@@ -204,6 +230,32 @@ async fn statuses_in_trailers_and_in_errors_count() -> TestResult {
         assert_eq!(call(&mut service, LIST).await?, Code::Unavailable);
     }
     assert_eq!(state(&registry, "ListProducts"), Some(BreakerState::Open));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_is_an_answer_and_shedding_a_failure() -> TestResult {
+    let upstream = Upstream::new(Answer::Quota);
+    let (mut service, registry) = breakers(&upstream, 2);
+    for _ in 0..20 {
+        assert_eq!(call(&mut service, GET).await?, Code::ResourceExhausted);
+    }
+    assert_eq!(state(&registry, "GetProduct"), Some(BreakerState::Closed));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_that_never_went_to_an_instance_say_nothing_about_the_upstream() -> TestResult {
+    let upstream = Upstream::new(Answer::Unsent(Code::Unavailable));
+    let (mut service, registry) = breakers(&upstream, 2);
+    for _ in 0..10 {
+        assert_eq!(call(&mut service, GET).await?, Code::Unavailable);
+    }
+    upstream.answer(Answer::Unsent(Code::DeadlineExceeded));
+    for _ in 0..10 {
+        assert_eq!(call(&mut service, GET).await?, Code::DeadlineExceeded);
+    }
+    assert_eq!(state(&registry, "GetProduct"), Some(BreakerState::Closed));
     Ok(())
 }
 
