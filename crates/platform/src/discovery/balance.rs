@@ -112,13 +112,14 @@ use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::{BoxError, Service, ServiceExt};
 
-use self::body::InFlightBody;
+use self::body::InFlight;
 use self::ejection::BackoffPolicy;
 use self::endpoint::{CallGuard, Endpoint, ProbeTicket, describe};
 use self::verdict::Verdict;
 use super::{Instance, InstanceStream};
 use crate::resilience::attempt::{AttemptError, Attempted, AvoidInstances, Reach};
 use crate::resilience::deadline;
+use crate::resilience::watched::Watched;
 
 /// How [`Balanced`] connects, estimates and ejects. Every field has a default chosen for
 /// Flotilla's deployments (instances in one network, calls of milliseconds).
@@ -430,7 +431,10 @@ impl Shared {
                     }
                     None => Some((Arc::clone(&self), Arc::clone(&endpoint))),
                 };
-                Ok(response.map(|body| Body::new(InFlightBody::new(body, guard, report))))
+                Ok(
+                    response
+                        .map(|body| Body::new(Watched::new(body, InFlight::new(guard, report)))),
+                )
             }
             // The caller's own deadline (tonic's `grpc-timeout` enforcement inside the channel):
             // not the instance's failure. Dropping the guard records the wait as a lower bound.

@@ -9,3 +9,4 @@ pub mod deadline;
 pub mod faults;
 pub mod limit;
 pub mod retry;
+pub(crate) mod watched;

@@ -1,103 +1,54 @@
-//! A response body that keeps its call counted as in flight until the body is over, and reads the
-//! call's gRPC status on the way.
+//! What a response body carries until its call is over: the call's in-flight count, and where to
+//! report the call's gRPC status.
 //!
 //! The response headers end the latency sample, but not the call: a server stream, or a large
 //! unary answer, keeps the endpoint busy until its last frame. The count drops when the trailers
 //! (the last frame of a gRPC response) or the end of the body arrive, when the body fails, or when
-//! it is dropped unread, whichever comes first. The status in the trailers (or its absence, or a
-//! body that breaks off) is what tells a good answer from a failed one, for the endpoint's failure
-//! record; a body dropped unread says nothing (the caller gave up).
+//! it is dropped unread, whichever comes first (`resilience::watched` watches the body). The
+//! status in the trailers (or its absence, or a body that breaks off) is what tells a good answer
+//! from a failed one, for the endpoint's failure record; a body dropped unread says nothing (the
+//! caller gave up).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use tonic::body::Body;
 
 use super::Shared;
 use super::endpoint::{CallGuard, Endpoint};
-use super::verdict::{Verdict, verdict};
+use super::verdict::verdict;
+use crate::resilience::watched::{Ending, OnEnd};
 
-/// A tonic response body with the in-flight count of its call attached.
-pub(super) struct InFlightBody {
-    inner: Body,
-    /// Released when the body ends.
-    guard: Option<CallGuard>,
-    /// Where to report the call's status; `None` once reported (or when the status came in the
-    /// response headers and was reported then).
+/// A call in flight on an endpoint until its response body ends.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    /// Released when the body ends or is dropped.
+    guard: CallGuard,
+    /// Where to report the call's status; `None` when it came in the response headers and was
+    /// reported then.
     report: Option<(Arc<Shared>, Arc<Endpoint>)>,
 }
 
-impl std::fmt::Debug for InFlightBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InFlightBody")
-            .field("in_flight", &self.guard.is_some())
-            .field("status_pending", &self.report.is_some())
-            .finish_non_exhaustive()
+impl InFlight {
+    /// `guard` released when the body ends, and the status found at its end reported to
+    /// `report`.
+    pub(super) fn new(guard: CallGuard, report: Option<(Arc<Shared>, Arc<Endpoint>)>) -> Self {
+        Self { guard, report }
     }
 }
 
-impl InFlightBody {
-    /// Wraps `inner`; `guard` is released when the body ends, and the status found at its end is
-    /// reported to `report` (pass `None` when it was known from the headers already).
-    pub(super) fn new(
-        inner: Body,
-        guard: CallGuard,
-        report: Option<(Arc<Shared>, Arc<Endpoint>)>,
-    ) -> Self {
-        Self {
-            inner,
-            guard: Some(guard),
-            report,
-        }
-    }
-
-    fn finish(&mut self, found: Option<Verdict>) {
-        if let (Some((shared, endpoint)), Some(guard)) = (self.report.take(), self.guard.as_ref())
-            && let Some(found) = found
-        {
-            shared.conclude(&endpoint, guard, found);
-        }
-        self.guard = None;
-    }
-}
-
-impl HttpBody for InFlightBody {
-    type Data = <Body as HttpBody>::Data;
-    type Error = <Body as HttpBody>::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.finish(Some(Err(MISSING_STATUS.to_owned()))),
-            Poll::Ready(Some(Err(error))) => {
-                this.finish(Some(Err(format!("the answer broke off: {error}"))));
+impl OnEnd for InFlight {
+    fn ended(self, ending: Ending<'_>) {
+        let Some((shared, endpoint)) = &self.report else {
+            return;
+        };
+        let found = match ending {
+            Ending::Trailers(trailers) => {
+                verdict(trailers).unwrap_or_else(|| Some(Err(MISSING_STATUS.to_owned())))
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    let found =
-                        verdict(trailers).unwrap_or_else(|| Some(Err(MISSING_STATUS.to_owned())));
-                    this.finish(found);
-                } else if this.inner.is_end_stream() {
-                    this.finish(Some(Err(MISSING_STATUS.to_owned())));
-                }
-            }
-            Poll::Pending => {}
+            Ending::Bare => Some(Err(MISSING_STATUS.to_owned())),
+            Ending::Broken => Some(Err("the answer broke off".to_owned())),
+        };
+        if let Some(found) = found {
+            shared.conclude(endpoint, &self.guard, found);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -24,6 +23,7 @@ use tower::BoxError;
 
 use super::{BreakerRegistry, Outcome, PUSHBACK, Permit, classify, classify_headers};
 use crate::resilience::attempt::{AttemptError, Reach};
+use crate::resilience::watched::{Ending, OnEnd, Watched};
 
 /// Puts the breakers of `registry` in front of a client's channel.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ where
                         permit.record(outcome, Instant::now());
                         return Ok(response);
                     }
-                    Ok(response.map(|body| Body::new(PermitBody::new(body, permit))))
+                    Ok(response.map(|body| Body::new(Watched::new(body, permit))))
                 }
                 Err(error) => {
                     permit.record(outcome_of_error(&*error), Instant::now());
@@ -138,59 +138,15 @@ fn outcome_of_error(error: &(dyn std::error::Error + 'static)) -> Outcome {
     classify(Code::Unknown, false)
 }
 
-/// A response body carrying its call's permit until the status arrives in the trailers.
-struct PermitBody {
-    inner: Body,
-    permit: Option<Permit>,
-}
-
-impl PermitBody {
-    fn new(inner: Body, permit: Permit) -> Self {
-        Self {
-            inner,
-            permit: Some(permit),
-        }
-    }
-
-    fn record(&mut self, outcome: Outcome) {
-        if let Some(permit) = self.permit.take() {
-            permit.record(outcome, Instant::now());
-        }
-    }
-}
-
-impl HttpBody for PermitBody {
-    type Data = <Body as HttpBody>::Data;
-    type Error = <Body as HttpBody>::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
+/// A response body carries its call's permit until the status arrives in the trailers.
+impl OnEnd for Permit {
+    fn ended(self, ending: Ending<'_>) {
+        let outcome = match ending {
+            Ending::Trailers(trailers) => classify_headers(trailers).unwrap_or(Outcome::Failure),
             // An answer must end with a status: without one, or broken off, it failed.
-            Poll::Ready(None | Some(Err(_))) => this.record(Outcome::Failure),
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    let outcome = classify_headers(trailers).unwrap_or(Outcome::Failure);
-                    this.record(outcome);
-                } else if this.inner.is_end_stream() {
-                    this.record(Outcome::Failure);
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+            Ending::Bare | Ending::Broken => Outcome::Failure,
+        };
+        self.record(outcome, Instant::now());
     }
 }
 

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body::Frame;
 use tokio::time::Instant;
 use tonic::Code;
 
 use super::{AimdLimit, LimitConfig, Outcome, Sample};
 use crate::resilience::deadline;
+use crate::resilience::watched::{Ending, OnEnd, Watched};
 
 /// Services that are never limited: health checks must answer while the server sheds load, and
 /// reflection is an operator's tool for exactly such moments.
@@ -138,10 +138,7 @@ where
             permit.latency = Some(permit.started.elapsed());
             permit.code = grpc_status(response.headers());
             let (parts, body) = response.into_parts();
-            let body = tonic::body::Body::new(LimitedBody {
-                inner: body,
-                permit: Some(permit),
-            });
+            let body = tonic::body::Body::new(Watched::new(body, permit));
             Ok(http::Response::from_parts(parts, body))
         })
     }
@@ -263,61 +260,19 @@ impl Drop for Permit {
     }
 }
 
-/// A response body holding its call's [`Permit`] until it ends or is dropped, and reading the
-/// status from the trailers on the way.
-#[derive(Debug)]
-struct LimitedBody<B> {
-    inner: B,
-    permit: Option<Permit>,
-}
-
-impl<B> http_body::Body for LimitedBody<B>
-where
-    B: http_body::Body + Unpin,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                // Trailers are the last frame: the call is over, whether or not the body is
-                // polled again.
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(mut permit) = this.permit.take()
-                {
-                    permit.code = grpc_status(trailers).or(permit.code).or(Some(Code::Ok));
-                }
+/// A response body holds its call's [`Permit`] until it ends or is dropped, reading the status
+/// from the trailers on the way.
+impl OnEnd for Permit {
+    fn ended(mut self, ending: Ending<'_>) {
+        match ending {
+            Ending::Trailers(trailers) => {
+                self.code = grpc_status(trailers).or(self.code).or(Some(Code::Ok));
             }
-            Poll::Ready(None) => {
-                if let Some(mut permit) = this.permit.take() {
-                    // A body that ends without trailers ended well, unless its headers said
-                    // otherwise.
-                    permit.code = permit.code.or(Some(Code::Ok));
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(mut permit) = this.permit.take() {
-                    // A broken stream says nothing about load: no sample.
-                    permit.latency = None;
-                }
-            }
-            Poll::Pending => {}
+            // A body that ends without trailers ended well, unless its headers said otherwise.
+            Ending::Bare => self.code = self.code.or(Some(Code::Ok)),
+            // A broken stream says nothing about load: no sample (unless past its deadline).
+            Ending::Broken => self.latency = None,
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

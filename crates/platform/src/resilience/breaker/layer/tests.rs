@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::bytes::Bytes;
 use tower::{Service, ServiceExt};
