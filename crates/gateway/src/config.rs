@@ -6,6 +6,8 @@ use std::time::Duration;
 use platform::auth::AuthConfig;
 use platform::config::{ConfigError, Settings};
 
+use crate::deadlines::RouteDeadlines;
+
 /// Where the gateway listens and how it treats requests; the services it calls are found through
 /// discovery, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,9 +18,9 @@ pub struct GatewayConfig {
     pub admin_addr: SocketAddr,
     /// How access tokens are verified (published keys from the auth service, or `JWT_SECRET`).
     pub auth: AuthConfig,
-    /// Deadline of each request, sent on to the services as `grpc-timeout`
-    /// (`FLOTILLA_GATEWAY_TIMEOUT`, default 3 s).
-    pub request_timeout: Duration,
+    /// Deadline of each request by route, sent on to the services as `grpc-timeout`
+    /// (`FLOTILLA_GATEWAY_TIMEOUT`, default 3 s, and `FLOTILLA_GATEWAY_ROUTE_TIMEOUTS`).
+    pub deadlines: RouteDeadlines,
     /// Largest request body accepted, in bytes (1 MiB).
     pub body_limit: usize,
     /// How long in-flight requests may take to finish at shutdown (`FLOTILLA_DRAIN_TIMEOUT`).
@@ -45,8 +47,7 @@ impl GatewayConfig {
             http_addr: settings.socket_addr("FLOTILLA_GATEWAY_HTTP_ADDR", default_http)?,
             admin_addr: settings.socket_addr("FLOTILLA_GATEWAY_ADMIN_ADDR", default_admin)?,
             auth: AuthConfig::from_settings(settings)?,
-            request_timeout: settings
-                .duration("FLOTILLA_GATEWAY_TIMEOUT", Duration::from_secs(3))?,
+            deadlines: RouteDeadlines::from_settings(settings)?,
             body_limit: BODY_LIMIT_BYTES,
             drain_timeout: platform::serve::drain_timeout(settings)?,
             trusted_proxies: settings.ip_addresses("FLOTILLA_GATEWAY_TRUSTED_PROXIES", &[])?,

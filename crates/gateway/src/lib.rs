@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod deadlines;
 pub mod error;
 pub mod extract;
 pub mod json;
@@ -48,6 +49,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/auth/refresh", axum::routing::post(auth::refresh))
         .route("/v1/auth/logout", axum::routing::post(auth::logout))
         .route("/.well-known/jwks.json", get(auth::jwks))
+        // Each API request runs inside its route's deadline, which its calls inherit.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.deadlines.clone(),
+            deadlines::within_route_deadline,
+        ))
         .with_state(state)
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(admin::health))
@@ -85,7 +91,7 @@ pub async fn spawn(
 ) -> Result<Running, ComponentError> {
     let upstreams = Upstreams::discover(discovery);
     let verifier = Verifier::new(&config.auth, discovery);
-    let state = AppState::new(upstreams, verifier, config.request_timeout)
+    let state = AppState::new(upstreams, verifier, config.deadlines.clone())
         .with_trusted_proxies(config.trusted_proxies.clone());
     let readiness = state.readiness.clone();
     // Connection info gives handlers the client's address (failed logins are limited per address).

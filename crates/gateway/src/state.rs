@@ -2,7 +2,6 @@
 //! deadline, and the readiness flag.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use platform::admin::Readiness;
 use platform::auth::Verifier;
@@ -14,6 +13,7 @@ use platform::proto::user::v1::user_service_client::UserServiceClient;
 use tonic::metadata::MetadataValue;
 
 use crate::auth::Bearer;
+use crate::deadlines::RouteDeadlines;
 
 /// Load-balanced channels to the services the gateway calls.
 #[derive(Debug, Clone)]
@@ -42,18 +42,19 @@ impl Upstreams {
 pub struct AppState {
     upstreams: Upstreams,
     pub(crate) verifier: Verifier,
-    deadline: Duration,
+    pub(crate) deadlines: RouteDeadlines,
     trusted_proxies: Vec<IpAddr>,
     pub(crate) readiness: Readiness,
 }
 
 impl AppState {
-    /// State over `upstreams`, checking tokens with `verifier`, giving each request `deadline`.
-    pub fn new(upstreams: Upstreams, verifier: Verifier, deadline: Duration) -> Self {
+    /// State over `upstreams`, checking tokens with `verifier`, giving each request its route's
+    /// deadline from `deadlines`.
+    pub fn new(upstreams: Upstreams, verifier: Verifier, deadlines: RouteDeadlines) -> Self {
         Self {
             upstreams,
             verifier,
-            deadline,
+            deadlines,
             trusted_proxies: Vec::new(),
             readiness: Readiness::new(),
         }
@@ -86,12 +87,11 @@ impl AppState {
         AuthServiceClient::new(self.upstreams.auth.clone())
     }
 
-    /// Wraps a message in a request carrying the route's deadline as `grpc-timeout`, so the service
-    /// stops working on it when the gateway has stopped waiting.
+    /// Wraps a message in a request. It carries what is left of the route's deadline as
+    /// `grpc-timeout` (the handler runs inside it, and the client stack sends it on), so the
+    /// service stops working on it when the gateway has stopped waiting.
     pub fn with_deadline<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.deadline);
-        request
+        tonic::Request::new(message)
     }
 
     /// As [`AppState::with_deadline`], forwarding the caller's token: the service checks it again.

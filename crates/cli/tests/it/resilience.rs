@@ -5,8 +5,8 @@
 //!   the balancer ejects the failing one), and the retries stay within the budget;
 //! - a product service failing every call opens the gateway's breaker, which then answers 503
 //!   with `Retry-After` without calling the service, and closes once the service recovers;
-//! - a slow service meets the route's deadline: 504 well before the service would answer, and
-//!   the service sees the call cancelled;
+//! - a slow service meets its route's deadline (`FLOTILLA_GATEWAY_ROUTE_TIMEOUTS`): 504 well
+//!   before the service would answer, and the service sees the call cancelled;
 //! - a rolling restart of both instances, one at a time, under steady load fails no request.
 
 use std::time::{Duration, Instant};
@@ -219,7 +219,11 @@ async fn a_slow_service_meets_the_route_deadline_and_sees_the_cancellation() -> 
     let gateway = gateway(
         dirs[2].path(),
         registry_addr,
-        &[("FLOTILLA_GATEWAY_TIMEOUT", "200ms")],
+        // The route's own deadline; the others keep the default 3 s.
+        &[(
+            "FLOTILLA_GATEWAY_ROUTE_TIMEOUTS",
+            "GET /v1/products/{id}=200ms",
+        )],
     )
     .await;
     let gateway_addr = gateway.addr("gateway", "http");

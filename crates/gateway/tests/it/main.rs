@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use gateway::deadlines::RouteDeadlines;
 use gateway::{AppState, Upstreams, router};
 use platform::auth::{AuthConfig, Claims, KeySource, SigningKey, Verifier};
 use platform::discovery::Discovery;
@@ -110,7 +111,11 @@ fn app_with_deadline(
         ("auth", product_addr),
     ]));
     Ok(router(
-        AppState::new(upstreams, keys().verifier.clone(), deadline),
+        AppState::new(
+            upstreams,
+            keys().verifier.clone(),
+            RouteDeadlines::uniform(deadline),
+        ),
         BODY_LIMIT,
     ))
 }
