@@ -78,7 +78,11 @@ impl ApiError {
             // 503/UNAVAILABLE, the pair HTTP clients already retry, rather than a 503 labelled
             // with the quota code. Debug only: the shedding server warns itself, rate-limited,
             // and one line per shed request here would flood the log just when it matters.
-            tracing::debug!(service, message = status.message(), "upstream overloaded");
+            tracing::debug!(
+                service,
+                upstream_message = status.message(),
+                "upstream overloaded"
+            );
             return Self {
                 retry_after: Some(retry_after),
                 ..Self::new(
@@ -89,16 +93,24 @@ impl ApiError {
         }
         let message = match code {
             Code::Unknown | Code::Internal | Code::DataLoss => {
-                tracing::error!(service, code = ?code, message = status.message(), "upstream failed");
+                tracing::error!(service, code = ?code, upstream_message = status.message(), "upstream failed");
                 "internal error".to_owned()
             }
             Code::Unavailable => {
                 if pushback.is_some() {
                     // An open breaker: it logged its opening once; a line per refused request
                     // would flood the log for the whole cool-down.
-                    tracing::debug!(service, message = status.message(), "upstream fenced off");
+                    tracing::debug!(
+                        service,
+                        upstream_message = status.message(),
+                        "upstream fenced off"
+                    );
                 } else {
-                    tracing::warn!(service, message = status.message(), "upstream unavailable");
+                    tracing::warn!(
+                        service,
+                        upstream_message = status.message(),
+                        "upstream unavailable"
+                    );
                 }
                 format!("the {service} service is unavailable; retry later")
             }

@@ -231,7 +231,7 @@ impl PublishedKeys {
             .await
             .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("fetching the JWKS timed out")))
             .map_err(|status| {
-                tracing::warn!(code = ?status.code(), message = status.message(), "fetching the JWKS failed; keeping the keys fetched before");
+                tracing::warn!(code = ?status.code(), upstream_message = status.message(), "fetching the JWKS failed; keeping the keys fetched before");
                 AuthError::KeysUnavailable
             })?;
         let keys: HashMap<String, DecodingKey> = response
