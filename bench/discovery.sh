@@ -21,35 +21,10 @@ export PROTOC=/nonexistent/protoc  # nothing may rely on a system protoc
 cargo build --release --quiet -j 2 -p flotilla
 binary=$CARGO_TARGET_DIR/release/flotilla
 
-psql_admin() { PGOPTIONS="-c client_min_messages=warning" psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 work=$(mktemp -d)
-databases=()
-cleanup() {
-  # The helper stops what it starts; this catches what it left behind if it was killed.
-  local pids
-  pids=$(cat "$work"/run-*/pids 2>/dev/null || true)
-  # Only a PID that is still ours: a stopped process's PID may have been reused.
-  ours() { grep -qF -e "$binary" -e discovery_bench.py "/proc/$1/cmdline" 2>/dev/null; }
-  local pid left=()
-  for pid in $pids; do
-    ours "$pid" && kill -TERM "$pid" 2>/dev/null && left+=("$pid")
-  done
-  # A product serves on for its deregister delay before it drains: up to 10 s before SIGKILL.
-  for _ in $(seq 1 100); do
-    [ "${#left[@]}" -eq 0 ] && break
-    local alive=()
-    for pid in "${left[@]}"; do ours "$pid" && alive+=("$pid"); done
-    left=("${alive[@]}")
-    sleep 0.1
-  done
-  for pid in "${left[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  local database
-  for database in "${databases[@]}"; do
-    psql_admin -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_scripts=(discovery_bench.py)
+# shellcheck source=bench/fleet.sh
+source bench/fleet.sh
 
 results="$work/results.jsonl"
 for run in $(seq 1 "$runs"); do

@@ -503,9 +503,11 @@ FIGURES = [
 ]
 
 
-def summary_main(args):
+def summarise(results, figures):
+    """Prints a Markdown table of the median, min and max of each of `figures` ((key, label,
+    unit) triples) over the JSON lines in the file `results`."""
     runs = []
-    with open(args.results) as lines:
+    with open(results) as lines:
         for line in lines:
             line = line.strip()
             if line.startswith("{"):
@@ -514,13 +516,21 @@ def summary_main(args):
         sys.exit("no runs to summarise")
     print(f"| figure | median of {len(runs)} | min | max |")
     print("| --- | --- | --- | --- |")
-    for key, label, unit in FIGURES:
+    for key, label, unit in figures:
         values = [run[key] for run in runs if run.get(key) is not None]
         if not values:
             continue
         suffix = f" {unit}" if unit else ""
-        fmt = lambda v: f"{v:g}{suffix}"
-        print(f"| {label} | {fmt(statistics.median(values))} | {fmt(min(values))} | {fmt(max(values))} |")
+
+        def shown(value):
+            return f"{value:g}{suffix}"
+
+        print(f"| {label} | {shown(statistics.median(values))} | {shown(min(values))} "
+              f"| {shown(max(values))} |")
+
+
+def summary_main(args):
+    summarise(args.results, FIGURES)
 
 
 def main():
