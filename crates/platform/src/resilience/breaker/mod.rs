@@ -30,6 +30,13 @@
 //! working correctly and counts as a success (an accept, for the adaptive policy); `CANCELLED`
 //! (the caller gave up) says nothing and is ignored, as is a [`Permit`] dropped unrecorded.
 //!
+//! Why not tower-resilience's breaker (the crate DEPENDENCIES.md lists): it keeps a failure-rate
+//! window (resilience4j's model) per layer instance and judges a call by the result of its future.
+//! Here a gRPC call's outcome is often known only when its response body ends (the status is in
+//! the trailers, DEPENDENCIES.md trap 8), the breakers are keyed by method behind one channel, and
+//! the issue asks for the consecutive-failure rule and the SRE book's adaptive throttling, neither
+//! of which it has. The state machines are small and tested exactly on explicit instants.
+//!
 //! Written from the descriptions above; no code was copied.
 
 mod adaptive;
