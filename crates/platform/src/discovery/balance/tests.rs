@@ -1433,8 +1433,13 @@ async fn an_instance_answering_failures_leaves_rotation_and_returns_after_its_ba
     let failing = TestServer::start(Duration::ZERO).await?;
     let healthy = TestServer::start(Duration::ZERO).await?;
     let (discovery, instances) = feed();
+    // A slow first answer can leave the failing instance the costlier of the two for the whole
+    // decay time; with the default 1 s force-pick it would then take 7 s to be called 7 times.
     let options = BalanceOptions {
-        ejection_base: Duration::from_millis(300),
+        // Long enough that the 20 calls below finish while it sits out, on a loaded machine too.
+        ejection_base: Duration::from_secs(1),
+        ejection_max: Duration::from_secs(1),
+        force_pick_after: Duration::from_millis(10),
         ..quick()
     };
     let balanced = Balanced::with_options("product", instances, options);
