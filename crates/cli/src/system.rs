@@ -15,6 +15,8 @@ use platform::database::Database;
 use platform::discovery::{Discovery, DiscoveryConfig};
 use platform::serve::GrpcServer;
 use platform::shutdown::{Running, Signals};
+use platform::telemetry::metrics::Metrics;
+use platform::telemetry::process::ProcessCollector;
 use serde_json::json;
 
 use crate::settings::{Mode, SystemConfig};
@@ -80,9 +82,15 @@ async fn start(
     databases: &mut Vec<Database>,
 ) -> anyhow::Result<()> {
     let up = matches!(config.mode, Mode::Up { .. });
+    let mut process_metrics = Metrics::new();
+    process_metrics.register_collector(ProcessCollector);
     let mut discovery_config = config.discovery.clone();
     if let Some(registry_config) = &config.registry {
-        let registry = registry::spawn(registry_config.clone()).await?;
+        let registry = registry::spawn(
+            registry_config.clone(),
+            component_metrics("registry", up, &process_metrics),
+        )
+        .await?;
         if up {
             // Every service registers with the embedded registry exactly as with a Consul agent.
             discovery_config.backend = DiscoveryConfig::consul_at(registry.addrs().main).backend;
@@ -99,6 +107,7 @@ async fn start(
     }
     let discovery = Discovery::connect(&discovery_config)
         .map_err(|error| anyhow::anyhow!("service discovery: {error}"))?;
+    process_metrics.include(discovery.metrics());
     let verifier = Verifier::new(&config.verification, &discovery);
     let announced = |server: GrpcServer| match discovery.announcer() {
         Some(announcer) => server.announce(announcer),
@@ -111,6 +120,7 @@ async fn start(
             .context("starting the user service")?;
         databases.push(built.database.clone());
         let server = GrpcServer::new("user", parts.serve.clone())
+            .metrics(component_metrics("user", up, &process_metrics))
             .add_authorized_service(built.service, &verifier, user::policy())
             .readiness_check(built.database.readiness_check());
         running.push(announced(server).spawn().await?);
@@ -125,6 +135,7 @@ async fn start(
             .context("starting the auth service")?;
         databases.push(built.database.clone());
         let server = GrpcServer::new("auth", parts.serve.clone())
+            .metrics(component_metrics("auth", up, &process_metrics))
             .add_authorized_service(built.service, &verifier, auth::policy())
             .readiness_check(built.database.readiness_check());
         running.push(announced(server).spawn().await?);
@@ -135,6 +146,7 @@ async fn start(
             .context("starting the product service")?;
         databases.push(built.database.clone());
         let server = GrpcServer::new("product", parts.serve.clone())
+            .metrics(component_metrics("product", up, &process_metrics))
             .add_authorized_service(built.service, &verifier, product::policy())
             .readiness_check(built.database.readiness_check());
         running.push(announced(server).spawn().await?);
@@ -143,9 +155,22 @@ async fn start(
         wait_until_discoverable(&discovery, running).await?;
     }
     if let Some(gateway_config) = &config.gateway {
-        running.push(gateway::spawn(gateway_config.clone(), &discovery).await?);
+        let metrics = component_metrics("gateway", up, &process_metrics);
+        running.push(gateway::spawn(gateway_config.clone(), &discovery, metrics).await?);
     }
     Ok(())
+}
+
+/// The registry a component's `/metrics` serves: its own, plus the process's (CPU and memory, the
+/// calls made through discovery) in exactly one component per process, so that a Prometheus
+/// scraping every admin listener counts nothing twice: the gateway's under `up`, the only
+/// component's under `serve`.
+fn component_metrics(name: &str, up: bool, process: &Metrics) -> Metrics {
+    let mut metrics = Metrics::new();
+    if !up || name == "gateway" {
+        metrics.include(process);
+    }
+    metrics
 }
 
 /// How long `up` waits for its services to pass their first check.

@@ -23,6 +23,8 @@ use platform::admin;
 use platform::auth::Verifier;
 use platform::discovery::Discovery;
 use platform::shutdown::{ComponentError, Listeners, Running, Supervisor};
+use platform::telemetry::http_metrics::HttpMetrics;
+use platform::telemetry::metrics::Metrics;
 pub use state::{AppState, Upstreams};
 use tower_http::LatencyUnit;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -30,8 +32,8 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::error::ApiError;
 
-/// The gateway's routes and layers, over `state`.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+/// The gateway's routes and layers, over `state`, recording into `metrics`.
+pub fn router(state: AppState, body_limit: usize, metrics: &HttpMetrics) -> Router {
     use routes::{auth, products, users};
     let readiness = state.readiness.clone();
     Router::new()
@@ -64,6 +66,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         // every request and its final status.
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(axum::middleware::map_response(error::json_errors))
+        // Counted with the status the client gets (after the JSON error mapping), by the route
+        // template axum matched.
+        .layer(metrics.layer())
         // Failures are logged once, where they are understood (ApiError), not again as bare 5xx.
         // Latency in microseconds: a request the gateway answers itself (an open breaker) takes
         // well under a millisecond, which the default unit would log as 0.
@@ -81,13 +86,15 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Binds the public and admin listeners and serves until stopped, then drains.
+/// Binds the public and admin listeners and serves until stopped, then drains. The admin listener
+/// serves `metrics`, where the gateway's HTTP metrics are registered.
 ///
 /// # Errors
 /// [`ComponentError`] when a listener cannot be bound or an endpoint is invalid.
 pub async fn spawn(
     config: GatewayConfig,
     discovery: &Discovery,
+    metrics: Metrics,
 ) -> Result<Running, ComponentError> {
     let upstreams = Upstreams::discover(discovery);
     let verifier = Verifier::new(&config.auth, discovery);
@@ -95,7 +102,9 @@ pub async fn spawn(
         .with_trusted_proxies(config.trusted_proxies.clone());
     let readiness = state.readiness.clone();
     // Connection info gives handlers the client's address (failed logins are limited per address).
-    let app = router(state, config.body_limit).into_make_service_with_connect_info::<SocketAddr>();
+    let http_metrics = HttpMetrics::register(&metrics);
+    let app = router(state, config.body_limit, &http_metrics)
+        .into_make_service_with_connect_info::<SocketAddr>();
 
     let listeners = Listeners::bind("gateway", config.http_addr, config.admin_addr).await?;
     let addrs = listeners.addrs();
@@ -103,6 +112,7 @@ pub async fn spawn(
         "gateway",
         listeners,
         readiness.clone(),
+        metrics,
         config.drain_timeout,
         |listener, closed| {
             axum::serve(listener, app)

@@ -1,6 +1,6 @@
 //! The admin HTTP listener every component has beside its main one: `/health` (liveness: the
 //! process answers) and `/ready` (readiness: dependencies reachable and not draining), the split
-//! Kubernetes probes and load balancers expect. Later issues add `/metrics` here.
+//! Kubernetes probes and load balancers expect, and `/metrics` for Prometheus.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +13,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::json;
+
+use crate::telemetry::metrics::Metrics;
 
 /// An asynchronous dependency check, such as "the database answers": `Err` carries a reason a person
 /// can act on (never a secret).
@@ -73,13 +75,18 @@ impl Readiness {
     }
 }
 
-/// The admin routes: `/health` and `/ready`, answering JSON. The gateway mounts the same pair on its
-/// public port as `/healthz` and `/readyz`.
-pub fn router(readiness: Readiness) -> Router {
+/// The admin routes: `/health` and `/ready`, answering JSON, and `/metrics` rendering `metrics`.
+/// The gateway mounts the first pair on its public port as `/healthz` and `/readyz`.
+pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(readiness)
+        .merge(
+            Router::new()
+                .route("/metrics", get(crate::telemetry::metrics::endpoint))
+                .with_state(metrics),
+        )
 }
 
 /// Liveness: the process is up and its runtime answers.

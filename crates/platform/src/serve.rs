@@ -37,6 +37,8 @@ use crate::discovery::Announcer;
 use crate::resilience::faults::{FAULTS_VAR, FaultLayer, FaultRules};
 use crate::resilience::limit::{ConcurrencyLimitLayer, LimitConfig};
 use crate::shutdown::{ComponentError, Listeners, Running, Supervisor};
+use crate::telemetry::grpc_metrics::{GrpcMetrics, GrpcMetricsLayer};
+use crate::telemetry::metrics::Metrics;
 
 /// The drain timeout's variable and default (10 s).
 pub const DRAIN_TIMEOUT_VAR: &str = "FLOTILLA_DRAIN_TIMEOUT";
@@ -138,6 +140,7 @@ pub struct GrpcServer {
     readiness: Readiness,
     before_drain: Vec<BeforeDrain>,
     announcer: Option<Announcer>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -161,7 +164,16 @@ impl GrpcServer {
             readiness: Readiness::new(),
             before_drain: Vec::new(),
             announcer: None,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Records the server's metrics in `metrics`, which its admin listener serves at `/metrics`
+    /// (by default a registry of its own).
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Adds a tonic service; its health status is SERVING while the server runs.
@@ -249,6 +261,7 @@ impl GrpcServer {
         // One limit per server, that is per service instance: under `flotilla up` every service
         // sheds its own overload, not its neighbours'.
         let limit = ConcurrencyLimitLayer::new(&self.config.limit);
+        limit.register_metrics(name, &self.metrics);
         let faults = FaultLayer::new(self.config.faults.clone());
         let faults = if faults.is_active() {
             // A drill left on by accident looks like an outage: say so loudly, once, at start.
@@ -262,6 +275,7 @@ impl GrpcServer {
             None
         };
 
+        let grpc_metrics = GrpcMetricsLayer::new(GrpcMetrics::server(name, &self.metrics));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let serve_error = |reason: String| ComponentError::Serve {
             component: name.to_owned(),
@@ -290,6 +304,7 @@ impl GrpcServer {
             name,
             listeners,
             self.readiness.clone(),
+            self.metrics.clone(),
             self.config.drain_timeout,
             |listener, closed| {
                 tonic::transport::Server::builder()
@@ -298,6 +313,9 @@ impl GrpcServer {
                     .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(
                         tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
                     ))
+                    // Every call counted and timed, shed and faulted ones included, from its
+                    // request to the end of its answer.
+                    .layer(grpc_metrics)
                     // Calls a handler makes inherit the deadline of the call it serves.
                     .layer(crate::resilience::deadline::InheritDeadlineLayer)
                     // A call that is itself a retry makes no retries of its own downstream.

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::admin::{self, Readiness};
+use crate::telemetry::metrics::Metrics;
 pub use tokio_util::sync::CancellationToken;
 
 /// The stop signals orchestrators and people send: SIGTERM and SIGINT (Ctrl-C). Install them first
@@ -238,12 +239,14 @@ pub struct Supervisor<E> {
 
 impl<E: std::fmt::Display + Send + 'static> Supervisor<E> {
     /// Starts a component on `listeners`: `main` serves the main listener until the signal it is
-    /// given (then drains), and the admin listener serves `/health` and `/ready` from `readiness`.
-    /// Call [`Supervisor::run`] (or [`Supervisor::into_running`]) to stop them in order.
+    /// given (then drains), and the admin listener serves `/health` and `/ready` from `readiness`
+    /// and `/metrics` from `metrics`. Call [`Supervisor::run`] (or [`Supervisor::into_running`])
+    /// to stop them in order.
     pub fn start<M, F>(
         name: &'static str,
         listeners: Listeners,
         readiness: Readiness,
+        metrics: Metrics,
         drain_timeout: Duration,
         main: M,
     ) -> Self
@@ -253,7 +256,7 @@ impl<E: std::fmt::Display + Send + 'static> Supervisor<E> {
     {
         let main_stop = CancellationToken::new();
         let admin_stop = CancellationToken::new();
-        let admin = axum::serve(listeners.admin, admin::router(readiness))
+        let admin = axum::serve(listeners.admin, admin::router(readiness, metrics))
             .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
             .into_future();
         Self {

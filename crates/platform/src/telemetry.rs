@@ -1,6 +1,7 @@
 //! Logging: `tracing` with JSON lines by default (what log pipelines parse) or human-readable text
-//! (`FLOTILLA_LOG_FORMAT=text`), filtered by `RUST_LOG` (default `info`). OpenTelemetry export and
-//! metrics arrive with the observability issue and plug in here.
+//! (`FLOTILLA_LOG_FORMAT=text`), filtered by `RUST_LOG` (default `info`); and Prometheus metrics:
+//! [`metrics`] (the registry and `/metrics`), [`grpc_metrics`] (per gRPC method, both sides of a
+//! call) and [`process`] (CPU, memory, file descriptors).
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -80,3 +81,8 @@ pub fn init_logging(config: &LogConfig) {
     // A subscriber already installed (a test harness) is fine.
     drop(result);
 }
+
+pub mod grpc_metrics;
+pub mod http_metrics;
+pub mod metrics;
+pub mod process;

@@ -69,15 +69,16 @@ pub use catalog::{CheckIdTaken, TtlError, UnknownService};
 pub use config::RegistryConfig;
 use platform::admin::Readiness;
 use platform::shutdown::{ComponentError, Listeners, Running, Supervisor};
+use platform::telemetry::metrics::Metrics;
 pub use registry::{ChangeError, Registry, RegistryError, RegistryOptions};
 
 /// Binds the API and admin listeners, opens the registry in the configured data directory, and
-/// serves until stopped; then drains and stops every check.
+/// serves until stopped; then drains and stops every check. Its admin listener serves `metrics`.
 ///
 /// # Errors
 /// [`ComponentError::Bind`] when a listener cannot be bound, [`ComponentError::Serve`] when the
 /// data directory cannot be read.
-pub async fn spawn(config: RegistryConfig) -> Result<Running, ComponentError> {
+pub async fn spawn(config: RegistryConfig, metrics: Metrics) -> Result<Running, ComponentError> {
     let listeners = Listeners::bind("registry", config.addr, config.admin_addr).await?;
     let addrs = listeners.addrs();
     let registry = Registry::open(RegistryOptions::new(addrs.main, config.data_dir.clone()))
@@ -93,6 +94,7 @@ pub async fn spawn(config: RegistryConfig) -> Result<Running, ComponentError> {
         "registry",
         listeners,
         readiness.clone(),
+        metrics,
         config.drain_timeout,
         |listener, closed| {
             axum::serve(listener, app)

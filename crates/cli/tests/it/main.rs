@@ -7,6 +7,7 @@ mod discovery;
 mod fleet;
 mod identity;
 mod lifecycle;
+mod metrics;
 mod registry;
 mod resilience;
 mod rotation;
@@ -103,4 +104,31 @@ fn http_client() -> reqwest::Client {
 /// reqwest is built without a default TLS provider (no aws-lc); install ring once per process.
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The Prometheus text an admin listener serves at `/metrics`.
+async fn scrape(admin: SocketAddr) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let response = http_client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    Ok(response.text().await?)
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered) in a scrape, if any.
+fn sample(scraped: &str, series: &str) -> Option<f64> {
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -19,7 +19,7 @@ use test_support::process::Flotilla;
 use crate::fleet::{
     Load, failures, first_product_id, gateway, handled_calls, has, product, registry, until,
 };
-use crate::{TestResult, http_client};
+use crate::{TestResult, http_client, sample, scrape};
 
 const FAIL_GET_PRODUCT: &str =
     "flotilla.product.v1.ProductService/GetProduct=abort:unavailable:100%";
@@ -91,6 +91,38 @@ async fn a_failing_instance_costs_no_request_and_retries_stay_within_the_budget(
         retries <= budget,
         "{retries} retries for {requests} requests: over the budget of {budget}"
     );
+
+    // The same figures, as the gateway and the failing instance report them to Prometheus.
+    let gateway_metrics = scrape(gateway.addr("gateway", "admin")).await?;
+    let retried = sample(
+        &gateway_metrics,
+        r#"flotilla_retries_total{upstream="product"}"#,
+    );
+    assert_eq!(retried, Some(retries as f64), "{gateway_metrics}");
+    let calls = sample(
+        &gateway_metrics,
+        r#"flotilla_retry_calls_total{upstream="product"}"#,
+    )
+    .ok_or("no retry calls")?;
+    assert!(
+        calls >= requests as f64,
+        "{calls} calls for {requests} requests"
+    );
+    let answered = sample(
+        &gateway_metrics,
+        r#"grpc_client_handled_total{grpc_service="flotilla.product.v1.ProductService",grpc_method="GetProduct",grpc_type="unary",grpc_code="OK"}"#,
+    );
+    assert_eq!(
+        answered,
+        Some(requests as f64),
+        "one good answer per request"
+    );
+    let failing_metrics = scrape(failing.addr("product", "admin")).await?;
+    let aborted = sample(
+        &failing_metrics,
+        r#"grpc_requests_total{service="product",method="GetProduct",code="UNAVAILABLE"}"#,
+    );
+    assert_eq!(aborted, Some(retries as f64), "{failing_metrics}");
     gateway.stop().await;
     failing.stop().await;
     healthy.stop().await;
@@ -153,6 +185,33 @@ async fn the_gateways_breaker_opens_fails_fast_and_closes_after_recovery() -> Te
         calls_when_open,
         "an open breaker sends nothing to the service"
     );
+    let gateway_admin = gateway.addr("gateway", "admin");
+    let scraped = scrape(gateway_admin).await?;
+    let breaker = r#"grpc_service="flotilla.product.v1.ProductService",grpc_method="GetProduct""#;
+    let state = |scraped: &str, state: &str| {
+        sample(
+            scraped,
+            &format!(r#"flotilla_breaker_state{{{breaker},state="{state}"}}"#),
+        )
+    };
+    let transitions = |scraped: &str, from: &str, to: &str| {
+        sample(
+            scraped,
+            &format!(r#"flotilla_breaker_transitions_total{{{breaker},from="{from}",to="{to}"}}"#),
+        )
+    };
+    assert_eq!(state(&scraped, "open"), Some(1.0), "{scraped}");
+    assert_eq!(state(&scraped, "closed"), Some(0.0), "{scraped}");
+    assert_eq!(
+        transitions(&scraped, "closed", "open"),
+        Some(1.0),
+        "{scraped}"
+    );
+    let refused = sample(
+        &scraped,
+        r#"http_requests_total{method="GET",route="/v1/products/{id}",status="503"}"#,
+    );
+    assert_eq!(refused, Some(26.0), "{scraped}");
     // Other methods have breakers of their own: listing still reaches the service.
     let listed = http
         .get(format!("http://{gateway_addr}/v1/products?page_size=1"))
@@ -182,6 +241,13 @@ async fn the_gateways_breaker_opens_fails_fast_and_closes_after_recovery() -> Te
         let response = http.get(&url).send().await?;
         assert_eq!(response.status(), 200);
     }
+    let scraped = scrape(gateway_admin).await?;
+    assert_eq!(state(&scraped, "closed"), Some(1.0), "{scraped}");
+    assert_eq!(
+        transitions(&scraped, "half-open", "closed"),
+        Some(1.0),
+        "{scraped}"
+    );
     gateway.stop().await;
     healthy.stop().await;
     registry.stop().await;

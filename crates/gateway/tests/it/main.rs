@@ -15,6 +15,8 @@ use platform::auth::{AuthConfig, Claims, KeySource, SigningKey, Verifier};
 use platform::discovery::Discovery;
 use platform::serve::{GrpcServer, ServeConfig};
 use platform::shutdown::Running;
+use platform::telemetry::http_metrics::HttpMetrics;
+use platform::telemetry::metrics::Metrics;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -117,6 +119,7 @@ fn app_with_deadline(
             RouteDeadlines::uniform(deadline),
         ),
         BODY_LIMIT,
+        &HttpMetrics::register(&Metrics::new()),
     ))
 }
 

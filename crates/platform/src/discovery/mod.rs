@@ -21,6 +21,7 @@ pub mod balance;
 pub mod consul;
 pub mod etcd;
 pub mod fixed;
+mod metrics;
 pub mod settings;
 pub mod upstream;
 
@@ -38,6 +39,8 @@ use std::time::Duration;
 use futures::Stream;
 
 use crate::resilience::client::CallPolicies;
+use crate::telemetry::metrics::Metrics;
+use metrics::UpstreamMetrics;
 
 /// One running instance of a service, as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -149,6 +152,8 @@ pub struct Discovery {
     /// set of breakers and one retry budget, however many clients (the gateway's handlers, the
     /// token verifier) call the service.
     channels: Arc<std::sync::Mutex<BTreeMap<String, Upstream>>>,
+    /// What the channels record: client calls, breakers, retries, instances.
+    metrics: UpstreamMetrics,
 }
 
 impl Discovery {
@@ -165,24 +170,17 @@ impl Discovery {
             Backend::Etcd(etcd) => (Arc::new(etcd::EtcdRegistry::new(etcd.clone())?), true),
             Backend::Static(fixed) => (Arc::new(fixed::FixedRegistry::new(fixed.clone())), false),
         };
-        Ok(Self {
+        Ok(Self::assemble(
             registry,
-            registration: config.registration.clone(),
+            config.registration.clone(),
             announces,
-            calls: config.calls.clone(),
-            channels: Arc::default(),
-        })
+            config.calls.clone(),
+        ))
     }
 
     /// Discovery through a registry built elsewhere (tests, or a process sharing one client).
     pub fn with_registry(registry: Arc<dyn Registry>, registration: RegistrationConfig) -> Self {
-        Self {
-            registry,
-            registration,
-            announces: true,
-            calls: CallPolicies::default(),
-            channels: Arc::default(),
-        }
+        Self::assemble(registry, registration, true, CallPolicies::default())
     }
 
     /// Discovery that finds each named service at one fixed address and registers nowhere: for
@@ -193,12 +191,29 @@ impl Discovery {
             .fold(fixed::StaticConfig::default(), |config, (service, addr)| {
                 config.with_service(service, vec![addr.to_string()])
             });
+        Self::assemble(
+            Arc::new(fixed::FixedRegistry::new(config)),
+            RegistrationConfig::default(),
+            false,
+            CallPolicies::default(),
+        )
+    }
+
+    fn assemble(
+        registry: Arc<dyn Registry>,
+        registration: RegistrationConfig,
+        announces: bool,
+        calls: CallPolicies,
+    ) -> Self {
+        let channels = Arc::default();
+        let metrics = UpstreamMetrics::register(&channels);
         Self {
-            registry: Arc::new(fixed::FixedRegistry::new(config)),
-            registration: RegistrationConfig::default(),
-            announces: false,
-            calls: CallPolicies::default(),
-            channels: Arc::default(),
+            registry,
+            registration,
+            announces,
+            calls,
+            channels,
+            metrics,
         }
     }
 
@@ -207,6 +222,13 @@ impl Discovery {
     pub fn with_calls(mut self, calls: CallPolicies) -> Self {
         self.calls = calls;
         self
+    }
+
+    /// The metrics of this component's calls to other services (client calls, breakers,
+    /// retries, instances), in a registry of their own: include it in the `/metrics` of one
+    /// component per process.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics.metrics
     }
 
     /// The registry.
@@ -221,7 +243,7 @@ impl Discovery {
     pub fn channel(&self, service: &str) -> Upstream {
         let open = || {
             let balanced = balance::Balanced::new(service, self.registry.watch(service));
-            Upstream::new(balanced, self.calls.get(service))
+            Upstream::new(balanced, self.calls.get(service), &self.metrics)
         };
         match self.channels.lock() {
             Ok(mut channels) => channels

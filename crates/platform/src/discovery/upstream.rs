@@ -1,7 +1,8 @@
-//! The channel a Flotilla client calls another service on: its breakers, then its retries, then
-//! the load balancer, composed once per upstream service per component.
+//! The channel a Flotilla client calls another service on: its metrics, its breakers, then its
+//! retries, then the load balancer, composed once per upstream service per component.
 //!
-//! Order matters. The breaker is outermost, so it sees one outcome per call (the last attempt's:
+//! Order matters. The metrics are outermost, so they count each call as its caller saw it (a
+//! breaker's refusal included, each retry not). The breaker is next, so it sees one outcome per call (the last attempt's:
 //! a call that succeeded on its retry is a success) and its refusals are never retried. Retries
 //! sit on the balancer, so each attempt is a new pick that can avoid the instance that just
 //! failed. The balancer ejects single instances that fail (a connection, or seven answers in a
@@ -15,9 +16,12 @@ use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
 use super::balance::Balanced;
-use crate::resilience::breaker::{BreakerLayer, BreakerRegistry, Breakers, BreakersFuture};
+use crate::resilience::breaker::{BreakerLayer, BreakerRegistry, Breakers};
 use crate::resilience::client::CallPolicy;
 use crate::resilience::retry::{IdempotentMethods, Retry, RetryLayer, RetryStats};
+use crate::telemetry::grpc_metrics::{GrpcMetricsFuture, GrpcMetricsLayer, GrpcMetricsService};
+
+use super::metrics::UpstreamMetrics;
 
 /// Which Flotilla methods are unary and which are safe to send again, from the protos (decoded
 /// once per process).
@@ -35,21 +39,24 @@ static FLOTILLA_METHODS: LazyLock<Arc<IdempotentMethods>> = LazyLock::new(|| {
 /// (`ProductServiceClient::new(upstream)`). Clones share everything.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    stack: Breakers<Retry<Balanced>>,
+    stack: GrpcMetricsService<Breakers<Retry<Balanced>>>,
     balanced: Balanced,
     breakers: Arc<BreakerRegistry>,
 }
 
 impl Upstream {
-    /// Puts `policy`'s breakers and retries on `balanced`.
-    pub fn new(balanced: Balanced, policy: &CallPolicy) -> Self {
-        let breakers = Arc::new(BreakerRegistry::new(policy.breaker.clone()));
+    /// Puts `policy`'s breakers and retries on `balanced`, recording into `metrics`.
+    pub(crate) fn new(balanced: Balanced, policy: &CallPolicy, metrics: &UpstreamMetrics) -> Self {
+        let breakers = Arc::new(
+            BreakerRegistry::new(policy.breaker.clone()).with_hook(metrics.transition_hook()),
+        );
         let retries = RetryLayer::new(
             balanced.service(),
             &policy.retry,
             Arc::clone(&FLOTILLA_METHODS),
         );
-        let stack = BreakerLayer::new(Arc::clone(&breakers)).layer(retries.layer(balanced.clone()));
+        let stack = GrpcMetricsLayer::new(metrics.calls.clone())
+            .layer(BreakerLayer::new(Arc::clone(&breakers)).layer(retries.layer(balanced.clone())));
         Self {
             stack,
             balanced,
@@ -74,14 +81,14 @@ impl Upstream {
 
     /// What the retry layer has done so far.
     pub fn retry_stats(&self) -> RetryStats {
-        self.stack.inner().stats()
+        self.stack.get_ref().inner().stats()
     }
 }
 
 impl Service<http::Request<Body>> for Upstream {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future = BreakersFuture;
+    type Future = GrpcMetricsFuture<BoxError>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.stack.poll_ready(cx)

@@ -6,12 +6,17 @@ use std::sync::Arc;
 
 use platform::discovery::Registry;
 use platform::discovery::consul::{ConsulConfig, ConsulRegistry};
+use platform::telemetry::metrics::Metrics;
 use registry::RegistryConfig;
 use test_support::discovery_contract::Backend;
 
 /// A fresh embedded registry (nothing kept on disk), and Consul clients of it.
 async fn open() -> Option<Backend> {
-    let running = match registry::spawn(RegistryConfig::new(([127, 0, 0, 1], 0).into(), None)).await
+    let running = match registry::spawn(
+        RegistryConfig::new(([127, 0, 0, 1], 0).into(), None),
+        Metrics::new(),
+    )
+    .await
     {
         Ok(running) => running,
         Err(error) => panic!("spawn the embedded registry: {error}"),

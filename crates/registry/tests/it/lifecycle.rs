@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use platform::discovery::consul::{ConsulConfig, ConsulRegistry};
 use platform::discovery::{HealthCheck, Instance, Registration, Registry as _};
+use platform::telemetry::metrics::Metrics;
 use registry::RegistryConfig;
 use tonic_health::ServingStatus;
 
@@ -32,10 +33,10 @@ async fn next_matching(
 #[tokio::test]
 async fn flotillas_consul_client_works_against_the_embedded_registry() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let running = registry::spawn(RegistryConfig::new(
-        ([127, 0, 0, 1], 0).into(),
-        Some(dir.path().to_owned()),
-    ))
+    let running = registry::spawn(
+        RegistryConfig::new(([127, 0, 0, 1], 0).into(), Some(dir.path().to_owned())),
+        Metrics::new(),
+    )
     .await?;
     let address = running.addrs().main;
     let server = HealthServer::start().await?;
@@ -91,7 +92,11 @@ async fn flotillas_consul_client_works_against_the_embedded_registry() -> TestRe
 
 #[tokio::test]
 async fn the_component_serves_admin_endpoints_and_stops_cleanly() -> TestResult {
-    let running = registry::spawn(RegistryConfig::new(([127, 0, 0, 1], 0).into(), None)).await?;
+    let running = registry::spawn(
+        RegistryConfig::new(([127, 0, 0, 1], 0).into(), None),
+        Metrics::new(),
+    )
+    .await?;
     let addrs = running.addrs();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();

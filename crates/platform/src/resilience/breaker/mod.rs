@@ -129,14 +129,29 @@ pub enum BreakerState {
     Throttling,
 }
 
-impl fmt::Display for BreakerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl BreakerState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [BreakerState; 4] = [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+        BreakerState::Throttling,
+    ];
+
+    /// Its name in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
             BreakerState::HalfOpen => "half-open",
             BreakerState::Throttling => "throttling",
-        })
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

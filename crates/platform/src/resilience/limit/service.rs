@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::time::Instant;
 use tonic::Code;
 
 use super::{AimdLimit, LimitConfig, Outcome, Sample};
 use crate::resilience::deadline;
 use crate::resilience::watched::{Ending, OnEnd, Watched};
+use crate::telemetry::metrics::Metrics;
 
 /// Services that are never limited: health checks must answer while the server sheds load, and
 /// reflection is an operator's tool for exactly such moments.
@@ -62,6 +66,46 @@ impl ConcurrencyLimitLayer {
     /// The calls in flight and the current limit, for metrics.
     pub fn current(&self) -> (u32, u32) {
         self.shared.current()
+    }
+
+    /// Reports the limit and the calls in flight of `component`'s server in `metrics`:
+    /// `flotilla_concurrency_limit{service}` and `flotilla_concurrency_in_flight{service}`.
+    pub fn register_metrics(&self, component: &'static str, metrics: &Metrics) {
+        metrics.register_collector(LimitCollector {
+            component,
+            layer: self.clone(),
+        });
+    }
+}
+
+/// Reads a limit at scrape time.
+#[derive(Debug)]
+struct LimitCollector {
+    component: &'static str,
+    layer: ConcurrencyLimitLayer,
+}
+
+impl Collector for LimitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (in_flight, limit) = self.layer.current();
+        let labels = [("service", self.component)];
+        for (name, help, value) in [
+            (
+                "flotilla_concurrency_limit",
+                "The adaptive concurrency limit of a server: calls over it are shed",
+                limit,
+            ),
+            (
+                "flotilla_concurrency_in_flight",
+                "Calls a server is handling under its concurrency limit",
+                in_flight,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::from(value));
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

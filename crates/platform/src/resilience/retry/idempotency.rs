@@ -10,13 +10,16 @@ use prost::Message;
 use prost_types::FileDescriptorSet;
 use prost_types::method_options::IdempotencyLevel;
 
-/// What the retry layer needs to know about one method.
+/// What the retry layer (and the gRPC metrics) need to know about one method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodKind {
     /// Neither side streams: the request is one message, which can be buffered and sent again.
     pub unary: bool,
     /// Marked `NO_SIDE_EFFECTS` or `IDEMPOTENT`.
     pub idempotent: bool,
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`: the `grpc_type` label of
+    /// go-grpc-prometheus' metrics.
+    pub grpc_type: &'static str,
 }
 
 /// The methods of a set of protos by gRPC path (`/package.Service/Method`). Paths it does not
@@ -63,9 +66,16 @@ impl IdempotentMethods {
                             IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent
                         )
                     });
+                    let grpc_type = match (method.client_streaming(), method.server_streaming()) {
+                        (false, false) => "unary",
+                        (true, false) => "client_stream",
+                        (false, true) => "server_stream",
+                        (true, true) => "bidi_stream",
+                    };
                     let kind = MethodKind {
-                        unary: !method.client_streaming() && !method.server_streaming(),
+                        unary: grpc_type == "unary",
                         idempotent,
+                        grpc_type,
                     };
                     self.methods
                         .insert(format!("/{service_name}/{}", method.name()), kind);
@@ -77,6 +87,14 @@ impl IdempotentMethods {
     /// What is known of the method at `path` (`/package.Service/Method`), if anything.
     pub fn get(&self, path: &str) -> Option<MethodKind> {
         self.methods.get(path).copied()
+    }
+
+    /// The same, with the path as this set holds it: borrowed for as long as the set, so a set
+    /// that lives for the whole process lends `'static` names (metric labels).
+    pub fn get_with_path(&self, path: &str) -> Option<(&str, MethodKind)> {
+        self.methods
+            .get_key_value(path)
+            .map(|(path, kind)| (path.as_str(), *kind))
     }
 
     /// How many methods it knows.

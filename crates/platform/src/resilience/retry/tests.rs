@@ -740,10 +740,12 @@ fn flotilla_methods_are_known_with_their_idempotency() -> TestResult {
     let idempotent = Some(MethodKind {
         unary: true,
         idempotent: true,
+        grpc_type: "unary",
     });
     let not_idempotent = Some(MethodKind {
         unary: true,
         idempotent: false,
+        grpc_type: "unary",
     });
     assert_eq!(kind(GET), idempotent);
     assert_eq!(
@@ -778,15 +780,17 @@ fn streaming_methods_are_not_unary_and_garbage_is_refused() -> TestResult {
     methods.add(&streaming_set());
     assert_eq!(methods.len(), 3);
     for path in [UPLOAD, WATCH] {
-        assert_eq!(
-            methods.get(path),
-            Some(MethodKind {
-                unary: false,
-                idempotent: true
-            }),
-            "{path}"
-        );
+        let kind = methods.get(path).ok_or("not known")?;
+        assert!(!kind.unary && kind.idempotent, "{path}: {kind:?}");
     }
+    assert_eq!(
+        methods.get(UPLOAD).map(|kind| kind.grpc_type),
+        Some("client_stream")
+    );
+    assert_eq!(
+        methods.get(WATCH).map(|kind| kind.grpc_type),
+        Some("server_stream")
+    );
     assert_eq!(
         methods.get("/test.v1.Files/Stat").map(|kind| kind.unary),
         Some(true)

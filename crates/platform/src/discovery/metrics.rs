@@ -1,0 +1,269 @@
+//! The metrics of a component's upstreams: its gRPC calls (`grpc_client_…`), and what its
+//! breakers, retries and balancers did, so an open breaker or a spent retry budget shows on a
+//! dashboard before it shows in an incident review.
+//!
+//! - `flotilla_breaker_state{grpc_service, grpc_method, state}`: 1 for the state each breaker is
+//!   in, 0 for the others (the shape of an enum in Prometheus, so `== 1` alerts work);
+//! - `flotilla_breaker_transitions_total{grpc_service, grpc_method, from, to}`;
+//! - `flotilla_breaker_reject_probability{grpc_service, grpc_method}` (adaptive breakers);
+//! - `flotilla_retry_calls_total{upstream}`, `flotilla_retries_total{upstream}` and
+//!   `flotilla_retries_skipped_total{upstream, reason}` (`budget` or `deadline`): the retry share
+//!   is `retries / calls`, which the budget keeps near 20 %;
+//! - `flotilla_discovery_instances{upstream}`: instances discovery lists as healthy and the
+//!   balancer holds; `flotilla_balancer_ejected_instances{upstream}`: those sitting out.
+//!
+//! The counts live in the layers (`BreakerRegistry::snapshot`, `RetryStats`,
+//! `Balanced::snapshot`); a collector reads them at scrape time, so the call path pays nothing for
+//! the breaker, retry and balancer figures. Only transitions are counted as they happen.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use tokio::time::Instant;
+
+use super::upstream::Upstream;
+use crate::resilience::breaker::{BreakerState, Transition, TransitionHook};
+use crate::resilience::retry::RetryStats;
+use crate::telemetry::grpc_metrics::GrpcMetrics;
+use crate::telemetry::metrics::Metrics;
+
+/// `from` and `to` of a breaker transition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransitionLabels {
+    grpc_service: String,
+    grpc_method: String,
+    from: &'static str,
+    to: &'static str,
+}
+
+/// What a [`super::Discovery`] records about the calls its channels carry.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamMetrics {
+    /// The process-wide registry these are in.
+    pub(crate) metrics: Metrics,
+    /// `grpc_client_…`.
+    pub(crate) calls: GrpcMetrics,
+    transitions: Family<TransitionLabels, Counter>,
+}
+
+impl UpstreamMetrics {
+    /// Registers the client-side metrics in a new registry, with a collector reading `channels`.
+    pub(crate) fn register(channels: &Arc<Mutex<BTreeMap<String, Upstream>>>) -> Self {
+        let metrics = Metrics::new();
+        let calls = GrpcMetrics::client(&metrics);
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        metrics.register(
+            "flotilla_breaker_transitions",
+            "Circuit breaker state changes, per upstream gRPC method",
+            transitions.clone(),
+        );
+        metrics.register_collector(UpstreamCollector {
+            channels: Arc::clone(channels),
+        });
+        Self {
+            metrics,
+            calls,
+            transitions,
+        }
+    }
+
+    /// The hook a breaker registry calls on each state change.
+    pub(crate) fn transition_hook(&self) -> TransitionHook {
+        let transitions = self.transitions.clone();
+        Arc::new(move |transition: &Transition<'_>| {
+            transitions
+                .get_or_create(&TransitionLabels {
+                    grpc_service: transition.service.to_owned(),
+                    grpc_method: transition.method.to_owned(),
+                    from: transition.from.as_str(),
+                    to: transition.to.as_str(),
+                })
+                .inc();
+        })
+    }
+}
+
+/// Reads every channel's breakers, retry counts and balancer at scrape time.
+#[derive(Debug)]
+struct UpstreamCollector {
+    channels: Arc<Mutex<BTreeMap<String, Upstream>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BreakerLabels {
+    grpc_service: String,
+    grpc_method: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabels {
+    grpc_service: String,
+    grpc_method: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SkippedLabels {
+    upstream: String,
+    reason: &'static str,
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let channels: Vec<Upstream> = self
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        let breakers: Vec<_> = channels
+            .iter()
+            .flat_map(|upstream| upstream.breakers().snapshot(now))
+            .collect();
+
+        let mut family = encoder.encode_descriptor(
+            "flotilla_breaker_state",
+            "Circuit breaker state per upstream gRPC method: 1 for the state it is in",
+            None,
+            MetricType::Gauge,
+        )?;
+        for breaker in &breakers {
+            for state in BreakerState::ALL {
+                let labels = StateLabels {
+                    grpc_service: breaker.service.clone(),
+                    grpc_method: breaker.method.clone(),
+                    state: state.as_str(),
+                };
+                ConstGauge::new(i64::from(breaker.state == state))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "flotilla_breaker_reject_probability",
+            "The probability an adaptive breaker turns the next call away",
+            None,
+            MetricType::Gauge,
+        )?;
+        for breaker in &breakers {
+            let labels = BreakerLabels {
+                grpc_service: breaker.service.clone(),
+                grpc_method: breaker.method.clone(),
+            };
+            ConstGauge::new(breaker.reject_probability).encode(family.encode_family(&labels)?)?;
+        }
+
+        let figures: Vec<UpstreamFigures> = channels
+            .iter()
+            .map(|upstream| {
+                let endpoints = upstream.balancer().snapshot();
+                UpstreamFigures {
+                    upstream: upstream.service().to_owned(),
+                    retries: upstream.retry_stats(),
+                    instances: endpoints.len(),
+                    ejected: endpoints
+                        .iter()
+                        .filter(|endpoint| endpoint.ejected_until.is_some())
+                        .count(),
+                }
+            })
+            .collect();
+        per_upstream(
+            &mut encoder,
+            "flotilla_retry_calls",
+            "Calls to an upstream that the retry layer saw (each one a deposit in the budget)",
+            MetricType::Counter,
+            &figures,
+            |figures| figures.retries.calls,
+        )?;
+        per_upstream(
+            &mut encoder,
+            "flotilla_retries",
+            "Retries sent to an upstream",
+            MetricType::Counter,
+            &figures,
+            |figures| figures.retries.retries,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "flotilla_retries_skipped",
+            "Retries not sent: the budget was spent, or the deadline left no time for another try",
+            None,
+            MetricType::Counter,
+        )?;
+        for figures in &figures {
+            for (reason, count) in [
+                ("budget", figures.retries.refused_by_budget),
+                ("deadline", figures.retries.skipped_for_deadline),
+            ] {
+                let labels = SkippedLabels {
+                    upstream: figures.upstream.clone(),
+                    reason,
+                };
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        per_upstream(
+            &mut encoder,
+            "flotilla_discovery_instances",
+            "Healthy instances of an upstream that discovery lists and the balancer holds",
+            MetricType::Gauge,
+            &figures,
+            |figures| figures.instances as u64,
+        )?;
+        per_upstream(
+            &mut encoder,
+            "flotilla_balancer_ejected_instances",
+            "Instances of an upstream sitting out after failed connections or answers",
+            MetricType::Gauge,
+            &figures,
+            |figures| figures.ejected as u64,
+        )?;
+        Ok(())
+    }
+}
+
+/// What one upstream's retry layer and balancer report.
+struct UpstreamFigures {
+    upstream: String,
+    retries: RetryStats,
+    instances: usize,
+    ejected: usize,
+}
+
+/// One metric family with a sample per upstream, a counter or a gauge.
+fn per_upstream(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    figures: &[UpstreamFigures],
+    value: impl Fn(&UpstreamFigures) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for figures in figures {
+        let labels = UpstreamLabels {
+            upstream: figures.upstream.clone(),
+        };
+        let sample = family.encode_family(&labels)?;
+        match metric_type {
+            MetricType::Counter => ConstCounter::new(value(figures)).encode(sample)?,
+            _ => {
+                ConstGauge::new(i64::try_from(value(figures)).unwrap_or(i64::MAX)).encode(sample)?
+            }
+        }
+    }
+    Ok(())
+}

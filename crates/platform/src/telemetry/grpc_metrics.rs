@@ -1,0 +1,401 @@
+//! gRPC metrics per service and method, on both sides of a call, in the names existing Grafana
+//! dashboards read (go-grpc-prometheus):
+//!
+//! - `grpc_server_started_total{grpc_service, grpc_method, grpc_type}`,
+//!   `grpc_server_handled_total{…, grpc_code}` (Go's code names: `OK`, `NotFound`) and
+//!   `grpc_server_handling_seconds{…}`, a histogram from the request to the end of the answer;
+//! - the same three as `grpc_client_…` for the calls a component makes, where `grpc_service`
+//!   names the service called;
+//! - on servers, Flotilla's own `grpc_requests_total{service, method, code}`, `service` the
+//!   component ("product") and `code` the canonical name (`NOT_FOUND`).
+//!
+//! Labels are bounded: a method outside Flotilla's protos, health and reflection (any path a
+//! client can make up) is counted as `unknown`, never by its path. A call is handled when its
+//! answer ends: the status comes from trailers-only headers or the trailers
+//! (`resilience::watched`); an answer dropped before its end (the caller went away, or the
+//! deadline passed) is `Canceled`, and a failed client call that got no answer at all is counted
+//! with the code of its error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::body::Body;
+
+use super::metrics::{LATENCY_BUCKETS, Metrics};
+use crate::resilience::retry::IdempotentMethods;
+use crate::resilience::watched::{Ending, OnEnd, Watched};
+
+/// The methods a Flotilla component can serve or call: its own protos, health and reflection.
+static KNOWN: LazyLock<IdempotentMethods> = LazyLock::new(|| {
+    let mut known = IdempotentMethods::default();
+    for set in [
+        flotilla_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        match prost::Message::decode(set) {
+            Ok(decoded) => known.add(&decoded),
+            Err(error) => tracing::error!(%error, "a descriptor set does not decode"),
+        }
+    }
+    known
+});
+
+/// `grpc_service`, `grpc_method` and `grpc_type`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    grpc_type: &'static str,
+}
+
+/// The method's labels and `grpc_code`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    grpc_type: &'static str,
+    grpc_code: &'static str,
+}
+
+/// The labels of `grpc_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    service: &'static str,
+    method: &'static str,
+    code: &'static str,
+}
+
+type LatencyFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The metrics of one side (server or client) of a component's gRPC calls, registered once.
+/// Clones share the counts.
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics {
+    inner: Arc<Families>,
+}
+
+#[derive(Debug)]
+struct Families {
+    started: Family<MethodLabels, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling: LatencyFamily,
+    /// `grpc_requests_total` and the component it is labelled with; servers only.
+    requests: Option<(&'static str, Family<RequestLabels, Counter>)>,
+}
+
+impl GrpcMetrics {
+    /// Registers the server-side metrics of `component` ("product") in `metrics`.
+    pub fn server(component: &'static str, metrics: &Metrics) -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        metrics.register(
+            "grpc_requests",
+            "gRPC calls handled, by component, method and canonical status code",
+            requests.clone(),
+        );
+        Self::register(metrics, "server", "handled", Some((component, requests)))
+    }
+
+    /// Registers the client-side metrics of a component's calls in `metrics`.
+    pub fn client(metrics: &Metrics) -> Self {
+        Self::register(metrics, "client", "completed", None)
+    }
+
+    fn register(
+        metrics: &Metrics,
+        side: &str,
+        verb: &str,
+        requests: Option<(&'static str, Family<RequestLabels, Counter>)>,
+    ) -> Self {
+        let families = Families {
+            started: Family::default(),
+            handled: Family::default(),
+            handling: Family::new_with_constructor(latency_histogram),
+            requests,
+        };
+        metrics.register(
+            &format!("grpc_{side}_started"),
+            &format!("gRPC calls started on the {side} side"),
+            families.started.clone(),
+        );
+        metrics.register(
+            &format!("grpc_{side}_handled"),
+            &format!("gRPC calls {verb} on the {side} side, by status code"),
+            families.handled.clone(),
+        );
+        metrics.register(
+            &format!("grpc_{side}_handling_seconds"),
+            &format!("Time from a gRPC call's start to the end of its answer, {side} side"),
+            families.handling.clone(),
+        );
+        Self {
+            inner: Arc::new(families),
+        }
+    }
+
+    fn start(&self, path: &str) -> Call {
+        let labels = method_labels(path);
+        self.inner.started.get_or_create(&labels).inc();
+        Call {
+            metrics: Arc::clone(&self.inner),
+            labels,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The labels of the method at `path`, or `unknown` for a path outside the known protos.
+fn method_labels(path: &str) -> MethodLabels {
+    KNOWN
+        .get_with_path(path)
+        .and_then(|(known, kind)| {
+            let (service, method) = known.strip_prefix('/')?.split_once('/')?;
+            Some(MethodLabels {
+                grpc_service: service,
+                grpc_method: method,
+                grpc_type: kind.grpc_type,
+            })
+        })
+        .unwrap_or(MethodLabels {
+            grpc_service: "unknown",
+            grpc_method: "unknown",
+            grpc_type: "unknown",
+        })
+}
+
+/// Counts and times every call through it in a [`GrpcMetrics`].
+#[derive(Debug, Clone)]
+pub struct GrpcMetricsLayer {
+    metrics: GrpcMetrics,
+}
+
+impl GrpcMetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: GrpcMetrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcMetricsLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct GrpcMetricsService<S> {
+    inner: S,
+    metrics: GrpcMetrics,
+}
+
+impl<S> GrpcMetricsService<S> {
+    /// The service it measures.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// The future of a call through [`GrpcMetricsService`].
+pub type GrpcMetricsFuture<E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send + 'static>>;
+
+impl<S, B> tower::Service<http::Request<B>> for GrpcMetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: ErrorCode + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = GrpcMetricsFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = self.metrics.start(request.uri().path());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = match response.await {
+                Ok(response) => response,
+                Err(error) => {
+                    call.handled(error.grpc_code());
+                    return Err(error);
+                }
+            };
+            // A trailers-only answer (how a handler's error, a shed or a fault is sent) is over
+            // with its headers.
+            if let Some(code) = grpc_status(response.headers()) {
+                call.handled(code);
+                return Ok(response);
+            }
+            let handled = Handled { call: Some(call) };
+            Ok(response.map(|body| Body::new(Watched::new(body, handled))))
+        })
+    }
+}
+
+/// The gRPC code a call's error stands for, read without consuming the error.
+pub trait ErrorCode {
+    /// The code of the first [`tonic::Status`] in the error's chain, `UNKNOWN` without one (as
+    /// tonic's own client reports such errors).
+    fn grpc_code(&self) -> Code;
+}
+
+impl ErrorCode for tower::BoxError {
+    fn grpc_code(&self) -> Code {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(self.as_ref());
+        while let Some(error) = current {
+            if let Some(status) = error.downcast_ref::<tonic::Status>() {
+                return status.code();
+            }
+            current = error.source();
+        }
+        Code::Unknown
+    }
+}
+
+impl ErrorCode for std::convert::Infallible {
+    fn grpc_code(&self) -> Code {
+        match *self {}
+    }
+}
+
+/// One call being measured.
+#[derive(Debug)]
+struct Call {
+    metrics: Arc<Families>,
+    labels: MethodLabels,
+    started: Instant,
+}
+
+impl Call {
+    fn handled(self, code: Code) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let Self {
+            metrics, labels, ..
+        } = self;
+        if let Some((component, requests)) = &metrics.requests {
+            requests
+                .get_or_create(&RequestLabels {
+                    service: component,
+                    method: labels.grpc_method,
+                    code: canonical_name(code),
+                })
+                .inc();
+        }
+        metrics
+            .handled
+            .get_or_create(&HandledLabels {
+                grpc_service: labels.grpc_service,
+                grpc_method: labels.grpc_method,
+                grpc_type: labels.grpc_type,
+                grpc_code: go_name(code),
+            })
+            .inc();
+        metrics.handling.get_or_create(&labels).observe(seconds);
+    }
+}
+
+/// Travels with the answer's body; records the call as handled when the body ends, or as
+/// cancelled when it is dropped first.
+#[derive(Debug)]
+struct Handled {
+    call: Option<Call>,
+}
+
+impl OnEnd for Handled {
+    fn ended(mut self, ending: Ending<'_>) {
+        let code = match ending {
+            Ending::Trailers(trailers) => grpc_status(trailers),
+            // An answer must end with a status: without one, or broken off, it failed.
+            Ending::Bare | Ending::Broken => None,
+        };
+        if let Some(call) = self.call.take() {
+            call.handled(code.unwrap_or(Code::Unknown));
+        }
+    }
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.handled(Code::Cancelled);
+        }
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| Code::from_bytes(value.as_bytes()))
+}
+
+/// The code's name in gRPC's own documentation (`NOT_FOUND`).
+pub fn canonical_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The code's name in Go's `codes` package, as go-grpc-prometheus labels it (`NotFound`).
+fn go_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests;
