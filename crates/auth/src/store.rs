@@ -26,6 +26,7 @@
 
 use platform::database::{Database, DatabaseConfig, DatabaseError};
 use platform::sqlx::{self, Row};
+use tracing::Instrument;
 
 use crate::domain::{AccessTokenStatus, StoredRefresh, TokenHash};
 use crate::error::AuthServiceError;
@@ -120,9 +121,17 @@ impl AuthStore {
         .bind(roles)
         .bind(family.created_at_us)
         .execute(&mut *transaction)
+        .instrument(self.database.span("INSERT token_families"))
         .await
         .map_err(AuthServiceError::from_database)?;
-        insert_tokens(&mut transaction, &family.id, refresh, access).await?;
+        insert_tokens(
+            &self.database,
+            &mut transaction,
+            &family.id,
+            refresh,
+            access,
+        )
+        .await?;
         transaction
             .commit()
             .await
@@ -144,6 +153,7 @@ impl AuthStore {
         )
         .bind(hash.as_str())
         .fetch_optional(self.database.pool())
+        .instrument(self.database.span("SELECT refresh_tokens"))
         .await
         .map_err(AuthServiceError::from_database)?;
         let Some(row) = row else {
@@ -204,6 +214,7 @@ impl AuthStore {
         )
         .bind(family_id)
         .execute(&mut *transaction)
+        .instrument(self.database.span("UPDATE token_families"))
         .await
         .map_err(AuthServiceError::from_database)?;
         if alive.rows_affected() == 0 {
@@ -221,6 +232,7 @@ impl AuthStore {
         .bind(now_us)
         .bind(family_id)
         .execute(&mut *transaction)
+        .instrument(self.database.span("UPDATE refresh_tokens"))
         .await
         .map_err(AuthServiceError::from_database)?;
         if marked.rows_affected() == 0 {
@@ -230,7 +242,7 @@ impl AuthStore {
                 .map_err(AuthServiceError::from_database)?;
             return Ok(false);
         }
-        insert_tokens(&mut transaction, family_id, next, access).await?;
+        insert_tokens(&self.database, &mut transaction, family_id, next, access).await?;
         transaction
             .commit()
             .await
@@ -254,6 +266,7 @@ impl AuthStore {
         .bind(family_id)
         .bind(now_us)
         .execute(self.database.pool())
+        .instrument(self.database.span("UPDATE token_families"))
         .await
         .map_err(AuthServiceError::from_database)?;
         Ok(result.rows_affected() > 0)
@@ -277,6 +290,7 @@ impl AuthStore {
         .bind(hash.as_str())
         .bind(now_us)
         .execute(self.database.pool())
+        .instrument(self.database.span("UPDATE token_families"))
         .await
         .map_err(AuthServiceError::from_database)?;
         Ok(result.rows_affected() > 0)
@@ -296,6 +310,7 @@ impl AuthStore {
         )
         .bind(jti)
         .fetch_optional(self.database.pool())
+        .instrument(self.database.span("SELECT access_tokens"))
         .await
         .map_err(AuthServiceError::from_database)?;
         let Some(row) = row else {
@@ -325,12 +340,14 @@ impl AuthStore {
         let access_tokens = sqlx::query("DELETE FROM access_tokens WHERE expires_at_us < $1")
             .bind(now_us.saturating_sub(leeway_us))
             .execute(pool)
+            .instrument(self.database.span("DELETE access_tokens"))
             .await
             .map_err(AuthServiceError::from_database)?
             .rows_affected();
         let refresh_tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at_us < $1")
             .bind(now_us)
             .execute(pool)
+            .instrument(self.database.span("DELETE refresh_tokens"))
             .await
             .map_err(AuthServiceError::from_database)?
             .rows_affected();
@@ -340,6 +357,7 @@ impl AuthStore {
              AND NOT EXISTS (SELECT 1 FROM access_tokens a WHERE a.family_id = token_families.id)",
         )
         .execute(pool)
+        .instrument(self.database.span("DELETE token_families"))
         .await
         .map_err(AuthServiceError::from_database)?
         .rows_affected();
@@ -361,6 +379,7 @@ impl AuthStore {
 
 /// Stores a family's next refresh token and the id of the access token issued with it.
 async fn insert_tokens(
+    database: &Database,
     transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
     family_id: &str,
     refresh: &NewRefresh,
@@ -375,6 +394,7 @@ async fn insert_tokens(
     .bind(refresh.issued_at_us)
     .bind(refresh.expires_at_us)
     .execute(&mut **transaction)
+    .instrument(database.span("INSERT refresh_tokens"))
     .await
     .map_err(AuthServiceError::from_database)?;
     sqlx::query("INSERT INTO access_tokens (jti, family_id, expires_at_us) VALUES ($1, $2, $3)")
@@ -382,6 +402,7 @@ async fn insert_tokens(
         .bind(family_id)
         .bind(access.expires_at_us)
         .execute(&mut **transaction)
+        .instrument(database.span("INSERT access_tokens"))
         .await
         .map_err(AuthServiceError::from_database)?;
     Ok(())

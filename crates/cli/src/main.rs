@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use platform::config::Settings;
+use platform::telemetry::traces::Traces;
 use settings::{Component, Mode};
 
 /// `EX_USAGE` from sysexits.h: a bad setting or argument.
@@ -112,7 +113,7 @@ fn main() -> ExitCode {
         Command::Up { .. } | Command::Serve { .. } | Command::Registry { .. } => {}
     }
 
-    platform::telemetry::init_logging(&config.log);
+    // The runtime comes first: the OTLP exporter's channel runs on it.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,7 +124,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(system::run(config)) {
+    let traces = {
+        let _inside = runtime.enter();
+        match Traces::start(&config.traces, &config.components()) {
+            Ok(traces) => traces,
+            Err(error) => {
+                eprintln!("flotilla: {error}");
+                return ExitCode::from(EXIT_BAD_SETTING);
+            }
+        }
+    };
+    platform::telemetry::init(&config.log, traces.as_ref());
+    let outcome = runtime.block_on(system::run(config));
+    // Outside the runtime's workers, which the exporter still needs: the last spans go out.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(

@@ -17,6 +17,7 @@ use platform::discovery::DiscoveryConfig;
 use platform::discovery::settings::upstream_names;
 use platform::resilience::client::CallPolicies;
 use platform::serve::ServeConfig;
+use platform::telemetry::traces::TraceConfig;
 use platform::telemetry::{LogConfig, LogFormat};
 use product::ProductConfig;
 use registry::RegistryConfig;
@@ -132,6 +133,16 @@ const ALL_SETTINGS: &[&str] = &[
     "FLOTILLA_USER_GRPC_ADDR",
     "JWT_ACCESS_EXPIRY",
     "JWT_SECRET",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
     "RUST_LOG",
 ];
 
@@ -153,6 +164,8 @@ pub struct SystemConfig {
     pub data_dir: PathBuf,
     /// Logging.
     pub log: LogConfig,
+    /// Trace export (OpenTelemetry's variables).
+    pub traces: TraceConfig,
     /// How the gRPC services verify the tokens they are sent.
     pub verification: AuthConfig,
     /// Where services register and find each other (`up` replaces the backend with its embedded
@@ -208,6 +221,7 @@ impl SystemConfig {
             _ => LogFormat::Json,
         };
         let log = LogConfig::from_settings(&settings, default_log)?;
+        let traces = TraceConfig::from_settings(&settings)?;
         let runs = |component: Component| match mode {
             Mode::Up { .. } => true,
             Mode::Serve(only) => only == component,
@@ -319,6 +333,7 @@ impl SystemConfig {
             mode,
             data_dir: data_dir.to_path_buf(),
             log,
+            traces,
             verification,
             discovery,
             user,
@@ -328,6 +343,20 @@ impl SystemConfig {
             registry,
             settings,
         })
+    }
+
+    /// The components this run starts, by name, in start order.
+    pub fn components(&self) -> Vec<&'static str> {
+        [
+            ("registry", self.registry.is_some()),
+            ("user", self.user.is_some()),
+            ("auth", self.auth.is_some()),
+            ("product", self.product.is_some()),
+            ("gateway", self.gateway.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, runs)| runs.then_some(name))
+        .collect()
     }
 
     /// The effective settings, one `NAME=value  # origin` line each, secrets redacted.

@@ -24,6 +24,7 @@ use platform::auth::Verifier;
 use platform::discovery::Discovery;
 use platform::shutdown::{ComponentError, Listeners, Running, Supervisor};
 use platform::telemetry::http_metrics::HttpMetrics;
+use platform::telemetry::http_spans::HttpSpanLayer;
 use platform::telemetry::metrics::Metrics;
 pub use state::{AppState, Upstreams};
 use tower_http::LatencyUnit;
@@ -77,6 +78,9 @@ pub fn router(state: AppState, body_limit: usize, metrics: &HttpMetrics) -> Rout
                 .on_response(DefaultOnResponse::new().latency_unit(LatencyUnit::Micros))
                 .on_failure(()),
         )
+        // The request's span, continuing the client's trace: outermost, so every line logged
+        // for the request carries its trace id and every upstream call is its child.
+        .layer(HttpSpanLayer::new("gateway"))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

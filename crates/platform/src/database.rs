@@ -223,6 +223,30 @@ impl Database {
         self.dialect
     }
 
+    /// The client span of one statement, after OpenTelemetry's database conventions: named by its
+    /// summary (`SELECT users`), with `db.system`, `db.operation.name` and `db.collection.name`
+    /// read from the statement (or a summary of it, `DELETE products`). Never the statement's text
+    /// or its bound values. Instrument the statement's future with it.
+    pub fn span(&self, statement: &str) -> tracing::Span {
+        let (operation, table) = summary(statement);
+        let span = tracing::info_span!(
+            "db",
+            otel.name = format!("{operation} {table}"),
+            otel.kind = "client",
+            db.system = match self.dialect {
+                Dialect::Sqlite => "sqlite",
+                Dialect::Postgres => "postgresql",
+            },
+            db.operation.name = operation,
+            db.collection.name = table,
+            flotilla.component = tracing::field::Empty,
+        );
+        if let Some(component) = crate::telemetry::context::component() {
+            span.record("flotilla.component", component);
+        }
+        span
+    }
+
     /// The URL with its password redacted, for logs.
     pub fn shown_url(&self) -> &str {
         &self.shown_url
@@ -248,6 +272,35 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The operation and the table of a statement: the first keyword, and the name after `FROM`
+/// (`SELECT`, `DELETE`), `INTO` (`INSERT`) or the keyword itself (`UPDATE`), or right after the
+/// operation in a summary (`DELETE products`); `unknown` where the statement does not say.
+fn summary(statement: &str) -> (&'static str, String) {
+    let first = statement.split_whitespace().next().unwrap_or_default();
+    let (operation, before_table) = match first.to_ascii_uppercase().as_str() {
+        "SELECT" => ("SELECT", "FROM"),
+        "INSERT" => ("INSERT", "INTO"),
+        "UPDATE" => ("UPDATE", "UPDATE"),
+        "DELETE" => ("DELETE", "FROM"),
+        _ => return ("unknown", "unknown".to_owned()),
+    };
+    let table = statement
+        .split_whitespace()
+        .skip_while(|word| !word.eq_ignore_ascii_case(before_table))
+        .nth(1)
+        // A summary names the table right after the operation.
+        .or_else(|| statement.split_whitespace().nth(1))
+        .filter(|table| table.starts_with(|c: char| c.is_ascii_alphabetic() || c == '"'))
+        .map(|table| {
+            table
+                .trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .to_owned()
+        })
+        .filter(|table| !table.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    (operation, table)
 }
 
 /// Whether a database error is worth a retry (the database is busy, restarting or unreachable), as
@@ -338,6 +391,35 @@ fn prepare_sqlite_url(url: &str) -> Result<(String, bool), DatabaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_statement_is_summarised_by_operation_and_table_only() {
+        for (statement, expected) in [
+            (
+                "SELECT id, name FROM products WHERE id = $1",
+                ("SELECT", "products"),
+            ),
+            ("select count(*) from \"users\"", ("SELECT", "users")),
+            (
+                "INSERT INTO refresh_tokens (id) VALUES ($1)",
+                ("INSERT", "refresh_tokens"),
+            ),
+            (
+                "UPDATE users SET roles = $1 WHERE id = $2",
+                ("UPDATE", "users"),
+            ),
+            ("DELETE FROM products WHERE id = $1", ("DELETE", "products")),
+            (
+                "WITH x AS (SELECT 1) SELECT * FROM x",
+                ("unknown", "unknown"),
+            ),
+            ("SELECT 1", ("SELECT", "unknown")),
+            ("DELETE products", ("DELETE", "products")),
+        ] {
+            let (operation, table) = summary(statement);
+            assert_eq!((operation, table.as_str()), expected, "{statement}");
+        }
+    }
 
     #[test]
     fn dialects_are_recognised() {

@@ -38,6 +38,7 @@ use crate::resilience::faults::{FAULTS_VAR, FaultLayer, FaultRules};
 use crate::resilience::limit::{ConcurrencyLimitLayer, LimitConfig};
 use crate::shutdown::{ComponentError, Listeners, Running, Supervisor};
 use crate::telemetry::grpc_metrics::{GrpcMetrics, GrpcMetricsLayer};
+use crate::telemetry::grpc_spans::GrpcSpanLayer;
 use crate::telemetry::metrics::Metrics;
 
 /// The drain timeout's variable and default (10 s).
@@ -308,6 +309,9 @@ impl GrpcServer {
             self.config.drain_timeout,
             |listener, closed| {
                 tonic::transport::Server::builder()
+                    // A span per call, continuing the caller's trace; outermost, so every line
+                    // logged below carries its trace id and every layer's work is inside it.
+                    .layer(GrpcSpanLayer::server(name))
                     // One debug line per call ("finished processing request", with its latency):
                     // off at the default level, there when someone needs to see where calls go.
                     .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(

@@ -60,29 +60,61 @@ impl LogConfig {
     }
 }
 
-/// Installs the global subscriber. Call once, first thing in `main`; a second call is ignored.
-pub fn init_logging(config: &LogConfig) {
+/// Installs the global subscriber: log lines to stderr as `config` says, each one emitted inside a
+/// traced request carrying its `trace_id` and `span_id`, and, with `traces`, every span exported
+/// through OpenTelemetry. Call once, first thing (inside the runtime, when tracing); a second call
+/// is ignored.
+pub fn init(config: &LogConfig, traces: Option<&traces::Traces>) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match config.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+    let log_layer = match config.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .map_event_format(log_ids::WithTraceIds::json)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .map_event_format(log_ids::WithTraceIds::text)
+            .with_filter(filter)
+            .boxed(),
     };
+    // Spans are traced at info whatever RUST_LOG says of log lines: quieting the logs must not
+    // cut the traces.
+    let trace_layer = traces.map(|traces| {
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.provider().tracer("flotilla"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let result = tracing_subscriber::registry()
+        .with(trace_layer)
+        .with(log_layer)
+        .try_init();
     // A subscriber already installed (a test harness) is fine.
     drop(result);
 }
 
+/// Installs logging alone, with no trace export: [`init`] without traces.
+pub fn init_logging(config: &LogConfig) {
+    init(config, None);
+}
+
+pub mod context;
 pub mod grpc_metrics;
+pub mod grpc_spans;
 pub mod http_metrics;
+pub mod http_spans;
+mod log_ids;
 pub mod metrics;
+mod otlp_http;
 pub mod process;
+pub mod traces;

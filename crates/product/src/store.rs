@@ -11,6 +11,7 @@ use platform::database::{Database, DatabaseConfig, DatabaseError};
 use platform::sqlx::any::{AnyArguments, AnyRow};
 use platform::sqlx::query::Query;
 use platform::sqlx::{self, Any, AssertSqlSafe, Row};
+use tracing::Instrument;
 
 use crate::domain::{Currency, Cursor, Product, ProductFields, ProductFilter, ProductId};
 use crate::error::ProductError;
@@ -67,6 +68,7 @@ impl ProductStore {
         let row = sqlx::query(SELECT_ONE)
             .bind(id.as_str())
             .fetch_optional(self.database.pool())
+            .instrument(self.database.span(SELECT_ONE))
             .await
             .map_err(ProductError::from_database)?;
         row.as_ref().map(product_from_row).transpose()
@@ -125,6 +127,7 @@ impl ProductStore {
         }
         let rows = query
             .fetch_all(self.database.pool())
+            .instrument(self.database.span("SELECT products"))
             .await
             .map_err(ProductError::from_database)?;
         rows.iter().map(product_from_row).collect()
@@ -135,7 +138,10 @@ impl ProductStore {
     /// # Errors
     /// [`ProductError::AlreadyExists`] when the id is taken; database failures otherwise.
     pub async fn insert(&self, product: &Product) -> Result<(), ProductError> {
-        let result = insert_query(product).execute(self.database.pool()).await;
+        let result = insert_query(product)
+            .execute(self.database.pool())
+            .instrument(self.database.span("INSERT products"))
+            .await;
         match result {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
@@ -169,6 +175,7 @@ impl ProductStore {
         .bind(product.id.as_str())
         .bind(expected_revision)
         .execute(self.database.pool())
+        .instrument(self.database.span("UPDATE products"))
         .await
         .map_err(ProductError::from_database)?;
         self.outcome(&product.id, result.rows_affected()).await
@@ -189,12 +196,14 @@ impl ProductStore {
                     .bind(id.as_str())
                     .bind(revision)
                     .execute(self.database.pool())
+                    .instrument(self.database.span("DELETE products"))
                     .await
             }
             None => {
                 sqlx::query("DELETE FROM products WHERE id = $1")
                     .bind(id.as_str())
                     .execute(self.database.pool())
+                    .instrument(self.database.span("DELETE products"))
                     .await
             }
         }
@@ -233,6 +242,7 @@ impl ProductStore {
         .bind(name)
         .bind(platform::time::now_micros())
         .execute(&mut *transaction)
+        .instrument(self.database.span("INSERT product_seeds"))
         .await
         .map_err(ProductError::from_database)?;
         if marked.rows_affected() == 0 {
@@ -240,6 +250,7 @@ impl ProductStore {
         }
         let existing: i64 = sqlx::query("SELECT COUNT(*) FROM products")
             .fetch_one(&mut *transaction)
+            .instrument(self.database.span("SELECT products"))
             .await
             .and_then(|row| row.try_get(0))
             .map_err(ProductError::from_database)?;
@@ -248,6 +259,7 @@ impl ProductStore {
             for product in products {
                 insert_query(product)
                     .execute(&mut *transaction)
+                    .instrument(self.database.span("INSERT products"))
                     .await
                     .map_err(ProductError::from_database)?;
             }

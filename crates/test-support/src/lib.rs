@@ -8,7 +8,8 @@
 //! - [`etcd`]: a real etcd on free ports in a temporary data directory, which can be killed and
 //!   restarted;
 //! - [`discovery_contract`](mod@discovery_contract): the cases every service-discovery backend
-//!   must pass, and [`discovery_contract!`] to run them as tests.
+//!   must pass, and [`discovery_contract!`] to run them as tests;
+//! - [`otlp`]: a real OTLP trace receiver (OpenTelemetry's collector service) on a free port.
 //!
 //! A part that is missing (no PostgreSQL listening, no `etcd` binary) makes the test skip with a
 //! loud message, unless `FLOTILLA_REQUIRE_EXTERNAL=1` (set by `.ci/run`), where it is a failure.
@@ -18,6 +19,7 @@
 pub mod databases;
 pub mod discovery_contract;
 pub mod etcd;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 

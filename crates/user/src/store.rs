@@ -18,6 +18,7 @@
 use platform::database::{Database, DatabaseConfig, DatabaseError};
 use platform::sqlx::any::AnyRow;
 use platform::sqlx::{self, Row};
+use tracing::Instrument;
 
 use crate::domain::{Account, Cursor, Email, PasswordHash, Roles, User, UserId};
 use crate::error::UserError;
@@ -80,6 +81,7 @@ impl UserStore {
             .bind(user.created_at_us)
             .bind(user.updated_at_us)
             .execute(self.database.pool())
+            .instrument(self.database.span(INSERT))
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -100,6 +102,7 @@ impl UserStore {
         let row = sqlx::query(EMAIL_EXISTS)
             .bind(email.as_str())
             .fetch_optional(self.database.pool())
+            .instrument(self.database.span(EMAIL_EXISTS))
             .await
             .map_err(UserError::from_database)?;
         Ok(row.is_some())
@@ -113,6 +116,7 @@ impl UserStore {
         let row = sqlx::query(SELECT_BY_ID)
             .bind(id.as_str())
             .fetch_optional(self.database.pool())
+            .instrument(self.database.span(SELECT_BY_ID))
             .await
             .map_err(UserError::from_database)?;
         row.as_ref().map(user_from_row).transpose()
@@ -126,6 +130,7 @@ impl UserStore {
         let row = sqlx::query(SELECT_BY_EMAIL)
             .bind(email.as_str())
             .fetch_optional(self.database.pool())
+            .instrument(self.database.span(SELECT_BY_EMAIL))
             .await
             .map_err(UserError::from_database)?;
         let Some(row) = row else {
@@ -155,6 +160,7 @@ impl UserStore {
         };
         let rows = query
             .fetch_all(self.database.pool())
+            .instrument(self.database.span(LIST_AFTER))
             .await
             .map_err(UserError::from_database)?;
         rows.iter().map(user_from_row).collect()
@@ -178,6 +184,7 @@ impl UserStore {
             .bind(id.as_str())
             .bind(expected.to_column())
             .execute(self.database.pool())
+            .instrument(self.database.span(SET_ROLES))
             .await
             .map_err(UserError::from_database)?;
         Ok(result.rows_affected() > 0)
@@ -201,6 +208,7 @@ impl UserStore {
             .bind(id.as_str())
             .bind(expected.as_phc())
             .execute(self.database.pool())
+            .instrument(self.database.span(SET_PASSWORD_HASH))
             .await
             .map_err(UserError::from_database)?;
         Ok(result.rows_affected() > 0)

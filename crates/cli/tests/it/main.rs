@@ -12,6 +12,7 @@ mod registry;
 mod resilience;
 mod rotation;
 mod serve;
+mod traces;
 mod up;
 
 use std::net::SocketAddr;

@@ -278,6 +278,74 @@ impl Settings {
         })
     }
 
+    /// An optional absolute URL whose scheme is one of `schemes`: `None` when unset.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when set to another scheme, no host part, or nothing.
+    pub fn optional_url(
+        &self,
+        name: &str,
+        schemes: &[&str],
+    ) -> Result<Option<String>, ConfigError> {
+        let expected = format!(
+            "a URL starting with {}",
+            schemes
+                .iter()
+                .map(|scheme| format!("{scheme}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        );
+        self.parse_or(name, OptionalText(None), &expected, |value| {
+            let (scheme, rest) = value.split_once("://")?;
+            (schemes.contains(&scheme) && !rest.is_empty())
+                .then(|| OptionalText(Some(value.to_owned())))
+        })
+        .map(|text| text.0)
+    }
+
+    /// An optional free-form string: `None` when unset.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when set but empty.
+    pub fn optional_string(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        self.parse_or(name, OptionalText(None), "a non-empty value", |value| {
+            Some(OptionalText(Some(value.to_owned())))
+        })
+        .map(|text| text.0)
+    }
+
+    /// A fraction from 0 to 1, such as a sampling ratio (`0.25`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for anything but a number from 0 to 1.
+    pub fn fraction(&self, name: &str, default: f64) -> Result<f64, ConfigError> {
+        self.parse_or(
+            name,
+            default,
+            "a number from 0 to 1, such as 0.25",
+            |value| {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|fraction| (0.0..=1.0).contains(fraction))
+            },
+        )
+    }
+
+    /// A whole number of milliseconds, the form OpenTelemetry's variables use
+    /// (`OTEL_EXPORTER_OTLP_TIMEOUT=10000`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for anything but digits.
+    pub fn milliseconds(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.parse_or(
+            name,
+            default,
+            "a whole number of milliseconds, such as 10000",
+            |value| value.parse::<u64>().ok().map(Duration::from_millis),
+        )
+    }
+
     /// A boolean: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
     ///
     /// # Errors
@@ -524,6 +592,21 @@ fn host_port(entry: &str) -> Option<String> {
     let valid_host =
         !host.is_empty() && (host.starts_with('[') && host.ends_with(']') || !host.contains(':'));
     (valid_host && port.parse::<u16>().is_ok_and(|port| port > 0)).then(|| entry.to_owned())
+}
+
+/// A value that may be unset, shown empty then.
+struct OptionalText(Option<String>);
+
+impl Shown<String> for OptionalText {
+    fn shown(&self) -> String {
+        self.0.clone().unwrap_or_default()
+    }
+}
+
+impl Shown<f64> for f64 {
+    fn shown(&self) -> f64 {
+        *self
+    }
 }
 
 impl Shown<u32> for u32 {

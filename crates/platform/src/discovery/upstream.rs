@@ -1,8 +1,8 @@
-//! The channel a Flotilla client calls another service on: its metrics, its breakers, then its
-//! retries, then the load balancer, composed once per upstream service per component.
+//! The channel a Flotilla client calls another service on: its span, its metrics, its breakers,
+//! then its retries, then the load balancer, composed once per upstream service per component.
 //!
-//! Order matters. The metrics are outermost, so they count each call as its caller saw it (a
-//! breaker's refusal included, each retry not). The breaker is next, so it sees one outcome per call (the last attempt's:
+//! Order matters. The span and the metrics are outermost, so they see each call as its caller saw
+//! it (a breaker's refusal included, each retry inside the one span, with one `traceparent`). The breaker is next, so it sees one outcome per call (the last attempt's:
 //! a call that succeeded on its retry is a success) and its refusals are never retried. Retries
 //! sit on the balancer, so each attempt is a new pick that can avoid the instance that just
 //! failed. The balancer ejects single instances that fail (a connection, or seven answers in a
@@ -19,7 +19,8 @@ use super::balance::Balanced;
 use crate::resilience::breaker::{BreakerLayer, BreakerRegistry, Breakers};
 use crate::resilience::client::CallPolicy;
 use crate::resilience::retry::{IdempotentMethods, Retry, RetryLayer, RetryStats};
-use crate::telemetry::grpc_metrics::{GrpcMetricsFuture, GrpcMetricsLayer, GrpcMetricsService};
+use crate::telemetry::grpc_metrics::{GrpcMetricsLayer, GrpcMetricsService};
+use crate::telemetry::grpc_spans::{GrpcSpanLayer, GrpcSpans, GrpcSpansFuture};
 
 use super::metrics::UpstreamMetrics;
 
@@ -39,7 +40,7 @@ static FLOTILLA_METHODS: LazyLock<Arc<IdempotentMethods>> = LazyLock::new(|| {
 /// (`ProductServiceClient::new(upstream)`). Clones share everything.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    stack: GrpcMetricsService<Breakers<Retry<Balanced>>>,
+    stack: GrpcSpans<GrpcMetricsService<Breakers<Retry<Balanced>>>>,
     balanced: Balanced,
     breakers: Arc<BreakerRegistry>,
 }
@@ -55,8 +56,10 @@ impl Upstream {
             &policy.retry,
             Arc::clone(&FLOTILLA_METHODS),
         );
-        let stack = GrpcMetricsLayer::new(metrics.calls.clone())
-            .layer(BreakerLayer::new(Arc::clone(&breakers)).layer(retries.layer(balanced.clone())));
+        let guarded =
+            BreakerLayer::new(Arc::clone(&breakers)).layer(retries.layer(balanced.clone()));
+        let stack = GrpcSpanLayer::client(balanced.service())
+            .layer(GrpcMetricsLayer::new(metrics.calls.clone()).layer(guarded));
         Self {
             stack,
             balanced,
@@ -81,14 +84,14 @@ impl Upstream {
 
     /// What the retry layer has done so far.
     pub fn retry_stats(&self) -> RetryStats {
-        self.stack.get_ref().inner().stats()
+        self.stack.get_ref().get_ref().inner().stats()
     }
 }
 
 impl Service<http::Request<Body>> for Upstream {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future = GrpcMetricsFuture<BoxError>;
+    type Future = GrpcSpansFuture<BoxError>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.stack.poll_ready(cx)

@@ -24,12 +24,11 @@ use std::task::{Context, Poll};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
 
-use super::metrics::{LATENCY_BUCKETS, Metrics};
+use super::metrics::{LatencyHistogram, Metrics, TraceExemplar, latency_histogram};
 use crate::resilience::retry::IdempotentMethods;
 use crate::resilience::watched::{Ending, OnEnd, Watched};
 
@@ -75,11 +74,7 @@ struct RequestLabels {
     code: &'static str,
 }
 
-type LatencyFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
+type LatencyFamily = Family<MethodLabels, LatencyHistogram, fn() -> LatencyHistogram>;
 
 /// The metrics of one side (server or client) of a component's gRPC calls, registered once.
 /// Clones share the counts.
@@ -153,27 +148,36 @@ impl GrpcMetrics {
             metrics: Arc::clone(&self.inner),
             labels,
             started: Instant::now(),
+            exemplar: TraceExemplar::current(),
         }
     }
 }
 
 /// The labels of the method at `path`, or `unknown` for a path outside the known protos.
 fn method_labels(path: &str) -> MethodLabels {
+    let (grpc_service, grpc_method, grpc_type) = known_method(path);
+    MethodLabels {
+        grpc_service,
+        grpc_method,
+        grpc_type,
+    }
+}
+
+/// The service and method at `path` (`flotilla.product.v1.ProductService`, `GetProduct`), or
+/// `unknown` twice for a path outside the known protos: names a client cannot multiply.
+pub(crate) fn method_names(path: &str) -> (&'static str, &'static str) {
+    let (service, method, _) = known_method(path);
+    (service, method)
+}
+
+fn known_method(path: &str) -> (&'static str, &'static str, &'static str) {
     KNOWN
         .get_with_path(path)
         .and_then(|(known, kind)| {
             let (service, method) = known.strip_prefix('/')?.split_once('/')?;
-            Some(MethodLabels {
-                grpc_service: service,
-                grpc_method: method,
-                grpc_type: kind.grpc_type,
-            })
+            Some((service, method, kind.grpc_type))
         })
-        .unwrap_or(MethodLabels {
-            grpc_service: "unknown",
-            grpc_method: "unknown",
-            grpc_type: "unknown",
-        })
+        .unwrap_or(("unknown", "unknown", "unknown"))
 }
 
 /// Counts and times every call through it in a [`GrpcMetrics`].
@@ -287,13 +291,18 @@ struct Call {
     metrics: Arc<Families>,
     labels: MethodLabels,
     started: Instant,
+    /// Taken at the start, inside the call's span (the answer may end outside it).
+    exemplar: Option<TraceExemplar>,
 }
 
 impl Call {
     fn handled(self, code: Code) {
         let seconds = self.started.elapsed().as_secs_f64();
         let Self {
-            metrics, labels, ..
+            metrics,
+            labels,
+            exemplar,
+            ..
         } = self;
         if let Some((component, requests)) = &metrics.requests {
             requests
@@ -313,7 +322,10 @@ impl Call {
                 grpc_code: go_name(code),
             })
             .inc();
-        metrics.handling.get_or_create(&labels).observe(seconds);
+        metrics
+            .handling
+            .get_or_create(&labels)
+            .observe(seconds, exemplar, None);
     }
 }
 
@@ -345,7 +357,8 @@ impl Drop for Handled {
     }
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+/// The `grpc-status` in trailers-only headers or trailers.
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     headers
         .get("grpc-status")
         .map(|value| Code::from_bytes(value.as_bytes()))

@@ -4,7 +4,7 @@
 //!
 //! `route` is the route template axum matched (`/v1/products/{id}`), never the raw path, so a
 //! client cannot grow the label set by inventing paths: a request no route matched counts as
-//! `unmatched`, and a method outside HTTP's standard ones as `OTHER` (OpenTelemetry's rule for
+//! `unmatched`, and a method outside HTTP's standard ones as `_OTHER` (OpenTelemetry's rule for
 //! `http.request.method`). Put the layer on a `Router` with `Router::layer`, where axum has
 //! already matched the route.
 
@@ -16,10 +16,9 @@ use axum::extract::MatchedPath;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
-use super::metrics::{LATENCY_BUCKETS, Metrics};
+use super::metrics::{LatencyHistogram, Metrics, TraceExemplar, latency_histogram};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
@@ -34,15 +33,11 @@ struct RouteLabels {
     route: String,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
-
 /// The HTTP metrics of one server, registered once; clones share the counts.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
-    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    duration: Family<RouteLabels, LatencyHistogram, fn() -> LatencyHistogram>,
 }
 
 impl HttpMetrics {
@@ -121,13 +116,15 @@ where
                 .to_owned(),
         };
         let metrics = self.metrics.clone();
+        let exemplar = TraceExemplar::current();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            metrics
-                .duration
-                .get_or_create(&route)
-                .observe(started.elapsed().as_secs_f64());
+            metrics.duration.get_or_create(&route).observe(
+                started.elapsed().as_secs_f64(),
+                exemplar,
+                None,
+            );
             metrics
                 .requests
                 .get_or_create(&RequestLabels {
@@ -141,8 +138,9 @@ where
     }
 }
 
-/// The method's name when it is one of HTTP's standard ones, `OTHER` otherwise.
-fn method_label(method: &http::Method) -> &'static str {
+/// The method's name when it is one of HTTP's standard ones, `_OTHER` otherwise (OpenTelemetry's
+/// rule for `http.request.method`, which keeps made-up methods out of label sets).
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
         http::Method::HEAD => "HEAD",
@@ -153,7 +151,7 @@ fn method_label(method: &http::Method) -> &'static str {
         http::Method::OPTIONS => "OPTIONS",
         http::Method::TRACE => "TRACE",
         http::Method::PATCH => "PATCH",
-        _ => "OTHER",
+        _ => "_OTHER",
     }
 }
 
@@ -195,7 +193,7 @@ mod tests {
         for line in [
             r#"http_requests_total{method="GET",route="/v1/products/{id}",status="200"} 2"#,
             r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
-            r#"http_requests_total{method="OTHER",route="/v1/products/{id}",status="405"} 1"#,
+            r#"http_requests_total{method="_OTHER",route="/v1/products/{id}",status="405"} 1"#,
             r#"http_request_duration_seconds_count{method="GET",route="/v1/products/{id}"} 2"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");

@@ -31,6 +31,33 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// The exemplar a latency observation carries in OpenMetrics: the trace it was part of, so a slow
+/// bucket leads to a trace in Jaeger.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TraceExemplar {
+    /// 32 lower-case hex digits.
+    pub trace_id: String,
+}
+
+impl TraceExemplar {
+    /// The exemplar of the current span's trace, when it is sampled.
+    pub fn current() -> Option<Self> {
+        super::context::current_ids().map(|(trace_id, _)| Self {
+            trace_id: trace_id.to_string(),
+        })
+    }
+}
+
+/// A latency histogram with [`LATENCY_BUCKETS`], each bucket keeping the trace of its latest
+/// observation.
+pub type LatencyHistogram =
+    prometheus_client::metrics::exemplar::HistogramWithExemplars<TraceExemplar>;
+
+/// A new [`LatencyHistogram`].
+pub fn latency_histogram() -> LatencyHistogram {
+    LatencyHistogram::new(LATENCY_BUCKETS.into_iter())
+}
+
 /// The content type of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str =
     prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

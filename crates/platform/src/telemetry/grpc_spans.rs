@@ -1,0 +1,233 @@
+//! A span for every gRPC call, on both sides, after OpenTelemetry's RPC conventions: named
+//! `package.Service/Method`, kind server or client, with `rpc.system` `grpc`, `rpc.service`,
+//! `rpc.method`, `rpc.grpc.status_code` (set when the answer ends: trailers-only headers, trailers,
+//! an error, or `CANCELLED` for an answer dropped unfinished) and `server.address`/`server.port`.
+//!
+//! The server span continues the trace of the caller's `traceparent`; the client span writes its
+//! own into the outgoing call, so one trace runs gateway → auth → user. Each span carries
+//! `flotilla.component`, the component it was made in, and the server layer runs its call as work
+//! of that component ([`super::context::in_component`]), so spans made below (client calls,
+//! queries) can say it too.
+//!
+//! The span is created here, with its parent, before anything enters it: tracing-opentelemetry
+//! cannot re-parent a span that has started. No request field, header or metadata value is
+//! recorded, so no token ever reaches a span.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::Code;
+use tonic::body::Body;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use super::context;
+use super::grpc_metrics::{ErrorCode, grpc_status, method_names};
+use crate::resilience::watched::{Ending, OnEnd, Watched};
+
+/// Which side of a call a span is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Traces every gRPC call through it.
+#[derive(Debug, Clone)]
+pub struct GrpcSpanLayer {
+    side: Side,
+    component: Option<&'static str>,
+    /// The service a client calls, its `server.address` (the instance is picked below, later).
+    target: Option<Arc<str>>,
+}
+
+impl GrpcSpanLayer {
+    /// Server spans for `component` ("product"), continuing each caller's trace.
+    pub fn server(component: &'static str) -> Self {
+        Self {
+            side: Side::Server,
+            component: Some(component),
+            target: None,
+        }
+    }
+
+    /// Client spans of calls to the service `target` ("product"), each sending its trace context
+    /// on; the component is the one the calling task works for.
+    pub fn client(target: &str) -> Self {
+        Self {
+            side: Side::Client,
+            component: None,
+            target: Some(Arc::from(target)),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcSpanLayer {
+    type Service = GrpcSpans<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcSpans {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcSpanLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct GrpcSpans<S> {
+    inner: S,
+    layer: GrpcSpanLayer,
+}
+
+impl<S> GrpcSpans<S> {
+    /// The service it traces.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// The future of a call through [`GrpcSpans`].
+pub type GrpcSpansFuture<E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send + 'static>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcSpans<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: ErrorCode + Send + 'static,
+    R: http_body::Body<Data = prost::bytes::Bytes> + Send + 'static,
+    R::Error: Into<tower::BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = GrpcSpansFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let side = self.layer.side;
+        let component = self.layer.component.or_else(context::component);
+        let span = call_span(side, &request, self.layer.target.as_deref());
+        if let Some(component) = component {
+            span.record("flotilla.component", component);
+        }
+        match side {
+            Side::Server => context::continue_trace(&span, request.headers()),
+            Side::Client => context::inject(&span, request.headers_mut()),
+        }
+        // Entered while the inner service builds its future, so layers below see the span as
+        // current (the metrics take its trace id for their exemplars).
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let call = async move {
+            match response.instrument(span.clone()).await {
+                Err(error) => {
+                    finish(&span, side, error.grpc_code());
+                    Err(error)
+                }
+                Ok(response) => {
+                    // A trailers-only answer is over with its headers.
+                    if let Some(code) = grpc_status(response.headers()) {
+                        finish(&span, side, code);
+                        return Ok(response.map(Body::new));
+                    }
+                    let end = SpanEnd {
+                        span: Some(span),
+                        side,
+                    };
+                    Ok(response.map(|body| Body::new(Watched::new(Body::new(body), end))))
+                }
+            }
+        };
+        match (side, component) {
+            (Side::Server, Some(component)) => Box::pin(context::in_component(component, call)),
+            _ => Box::pin(call),
+        }
+    }
+}
+
+/// The span of one call, before it starts.
+fn call_span<B>(side: Side, request: &http::Request<B>, target: Option<&str>) -> tracing::Span {
+    let (service, method) = method_names(request.uri().path());
+    let kind = match side {
+        Side::Server => "server",
+        Side::Client => "client",
+    };
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = kind,
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        server.address = Empty,
+        server.port = Empty,
+        flotilla.component = Empty,
+    );
+    if let Some(target) = target {
+        span.record("server.address", target);
+    } else if let Some(authority) = request.uri().authority() {
+        span.record("server.address", authority.host());
+        if let Some(port) = authority.port_u16() {
+            span.record("server.port", port);
+        }
+    }
+    span
+}
+
+/// Records how the call ended.
+fn finish(span: &tracing::Span, side: Side, code: Code) {
+    span.record("rpc.grpc.status_code", code as i32);
+    // OpenTelemetry's rule: a client call failed on any code but OK; a server only failed on the
+    // codes that mean it broke, not on the caller's mistakes.
+    let failed = match side {
+        Side::Client => code != Code::Ok,
+        Side::Server => matches!(
+            code,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        ),
+    };
+    if failed {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Travels with the answer's body and ends the span with it.
+struct SpanEnd {
+    span: Option<tracing::Span>,
+    side: Side,
+}
+
+impl OnEnd for SpanEnd {
+    fn ended(mut self, ending: Ending<'_>) {
+        let code = match ending {
+            Ending::Trailers(trailers) => grpc_status(trailers),
+            Ending::Bare | Ending::Broken => None,
+        };
+        if let Some(span) = self.span.take() {
+            finish(&span, self.side, code.unwrap_or(Code::Unknown));
+        }
+    }
+}
+
+impl Drop for SpanEnd {
+    fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            finish(&span, self.side, Code::Cancelled);
+        }
+    }
+}

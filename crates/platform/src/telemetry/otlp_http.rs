@@ -1,0 +1,59 @@
+//! The HTTP client OTLP/HTTP exports go through: the process's reqwest (rustls with ring, no second
+//! TLS stack), each request run on the tokio runtime the exporter was built in.
+//!
+//! Why not opentelemetry-otlp's own clients: the SDK's batch processor exports from a thread of its
+//! own with no tokio context, where its async reqwest and hyper clients panic ("no reactor
+//! running"), and its blocking client would build a second connection pool with its own TLS setup.
+
+use std::fmt;
+
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use tokio::runtime::Handle;
+
+/// Runs OTLP/HTTP requests with reqwest on a tokio runtime.
+#[derive(Clone)]
+pub(crate) struct ReqwestOnTokio {
+    client: Result<reqwest::Client, String>,
+    runtime: Option<Handle>,
+}
+
+impl fmt::Debug for ReqwestOnTokio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReqwestOnTokio").finish_non_exhaustive()
+    }
+}
+
+impl ReqwestOnTokio {
+    /// A client on the current runtime; without one, every export fails with a clear error.
+    pub(crate) fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self {
+            client: reqwest::Client::builder()
+                .build()
+                .map_err(|error| error.to_string()),
+            runtime: Handle::try_current().ok(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for ReqwestOnTokio {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone()?;
+        let runtime = self
+            .runtime
+            .clone()
+            .ok_or("the OTLP/HTTP exporter was built outside a tokio runtime")?;
+        let request = reqwest::Request::try_from(request)?;
+        let answer = runtime.spawn(async move {
+            let response = client.execute(request).await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let mut answer = Response::new(response.bytes().await?);
+            *answer.status_mut() = status;
+            *answer.headers_mut() = headers;
+            Ok::<_, reqwest::Error>(answer)
+        });
+        Ok(answer.await??)
+    }
+}
