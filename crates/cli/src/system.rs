@@ -119,8 +119,10 @@ async fn start(
             .await
             .context("starting the user service")?;
         databases.push(built.database.clone());
+        let metrics = component_metrics("user", up, &process_metrics);
+        built.database.register_metrics("user", &metrics);
         let server = GrpcServer::new("user", parts.serve.clone())
-            .metrics(component_metrics("user", up, &process_metrics))
+            .metrics(metrics)
             .add_authorized_service(built.service, &verifier, user::policy())
             .readiness_check(built.database.readiness_check());
         running.push(announced(server).spawn().await?);
@@ -134,8 +136,10 @@ async fn start(
             .await
             .context("starting the auth service")?;
         databases.push(built.database.clone());
+        let metrics = component_metrics("auth", up, &process_metrics);
+        built.database.register_metrics("auth", &metrics);
         let server = GrpcServer::new("auth", parts.serve.clone())
-            .metrics(component_metrics("auth", up, &process_metrics))
+            .metrics(metrics)
             .add_authorized_service(built.service, &verifier, auth::policy())
             .readiness_check(built.database.readiness_check());
         running.push(announced(server).spawn().await?);
@@ -145,8 +149,10 @@ async fn start(
             .await
             .context("starting the product service")?;
         databases.push(built.database.clone());
+        let metrics = component_metrics("product", up, &process_metrics);
+        built.database.register_metrics("product", &metrics);
         let server = GrpcServer::new("product", parts.serve.clone())
-            .metrics(component_metrics("product", up, &process_metrics))
+            .metrics(metrics)
             .add_authorized_service(built.service, &verifier, product::policy())
             .readiness_check(built.database.readiness_check());
         running.push(announced(server).spawn().await?);

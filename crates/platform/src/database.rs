@@ -10,12 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 use crate::admin::ReadinessCheck;
 use crate::config::redact_url_password;
+use crate::telemetry::metrics::Metrics;
 
 /// How long a caller waits for a pooled connection, and how long a readiness ping may take.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -268,9 +273,54 @@ impl Database {
         })
     }
 
+    /// Reports the pool of `service`'s database in `metrics` at every scrape:
+    /// `flotilla_db_pool_connections{service, state}` (`idle`, `in_use`) and
+    /// `flotilla_db_pool_max_connections{service}`. A pool whose connections are all in use is
+    /// where requests queue.
+    pub fn register_metrics(&self, service: &'static str, metrics: &Metrics) {
+        metrics.register_collector(PoolCollector {
+            service,
+            pool: self.pool.clone(),
+        });
+    }
+
     /// Closes every connection, waiting for checked-out ones to come back.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Reads a pool's figures at scrape time.
+#[derive(Debug)]
+struct PoolCollector {
+    service: &'static str,
+    pool: AnyPool,
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let service = [("service", self.service)];
+        let mut family = encoder.encode_descriptor(
+            "flotilla_db_pool_connections",
+            "Open connections of a service's database pool, idle or in use",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, count) in [("idle", idle), ("in_use", size.saturating_sub(idle))] {
+            let labels = [("service", self.service), ("state", state)];
+            ConstGauge::new(i64::from(count)).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "flotilla_db_pool_max_connections",
+            "The most connections a service's database pool opens",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(self.pool.options().get_max_connections()))
+            .encode(family.encode_family(&service)?)?;
+        Ok(())
     }
 }
 

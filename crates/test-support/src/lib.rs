@@ -9,9 +9,10 @@
 //!   restarted;
 //! - [`discovery_contract`](mod@discovery_contract): the cases every service-discovery backend
 //!   must pass, and [`discovery_contract!`] to run them as tests;
-//! - [`otlp`]: a real OTLP trace receiver (OpenTelemetry's collector service) on a free port.
+//! - [`otlp`]: a real OTLP trace receiver (OpenTelemetry's collector service) on a free port;
+//! - [`prometheus`]: a real Prometheus server (Debian's `prometheus`) scraping given targets.
 //!
-//! A part that is missing (no PostgreSQL listening, no `etcd` binary) makes the test skip with a
+//! A part that is missing (no PostgreSQL listening, no `etcd` or `prometheus` binary) makes the test skip with a
 //! loud message, unless `FLOTILLA_REQUIRE_EXTERNAL=1` (set by `.ci/run`), where it is a failure.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixtures: a failed setup should stop the test loudly
@@ -22,6 +23,7 @@ pub mod etcd;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 
 /// Whether missing external parts must fail the test instead of skipping it.
 pub fn external_parts_required() -> bool {
