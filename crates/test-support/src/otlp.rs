@@ -1,6 +1,7 @@
 //! An OTLP trace receiver: OpenTelemetry's own collector service (`opentelemetry-proto`'s
-//! `TraceService`) served by tonic on a port-0 listener, keeping every span it is sent, so a test
-//! can point a component's `OTEL_EXPORTER_OTLP_ENDPOINT` at it and read what was exported.
+//! `TraceService`) served by tonic on a port-0 listener, or OTLP/HTTP's `POST /v1/traces` with a
+//! protobuf body served by axum, keeping every span it is sent, so a test can point a component's
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` at it and read what was exported.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -73,7 +74,25 @@ impl Receiver {
         receiver
     }
 
-    /// The URL to give as `OTEL_EXPORTER_OTLP_ENDPOINT` (OTLP over gRPC).
+    /// Starts a receiver of OTLP over HTTP with protobuf bodies on 127.0.0.1, port 0.
+    pub async fn start_http() -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the OTLP receiver");
+        let addr = listener.local_addr().expect("the receiver's address");
+        let receiver = Self {
+            addr,
+            spans: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(export_http))
+            .with_state(receiver.clone());
+        tokio::spawn(axum::serve(listener, app).into_future());
+        receiver
+    }
+
+    /// The URL to give as `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP over gRPC, or over HTTP for a
+    /// receiver from [`Receiver::start_http`] (the exporter adds `/v1/traces`).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -107,8 +126,35 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// `POST /v1/traces`: an `ExportTraceServiceRequest` in protobuf, answered with an empty
+/// `ExportTraceServiceResponse`.
+async fn export_http(
+    axum::extract::State(receiver): axum::extract::State<Receiver>,
+    body: axum::body::Bytes,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Vec<u8>), axum::http::StatusCode> {
+    let request = <ExportTraceServiceRequest as prost::Message>::decode(body)
+        .map_err(|_| axum::http::StatusCode::BAD_REQUEST)?;
+    receiver.keep(request);
+    let answer = prost::Message::encode_to_vec(&ExportTraceServiceResponse {
+        partial_success: None,
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+        answer,
+    ))
+}
+
+impl Receiver {
+    fn keep(&self, request: ExportTraceServiceRequest) {
         let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let service = resource_spans
                 .resource
                 .iter()
@@ -143,9 +189,6 @@ impl TraceService for Receiver {
             }
         }
         self.spans.lock().expect("the spans' lock").extend(received);
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
     }
 }
 

@@ -26,6 +26,32 @@ fn a_bad_setting_stops_the_start_with_exit_64_and_a_clear_message() -> TestResul
     Ok(())
 }
 
+#[test]
+fn a_bad_opentelemetry_variable_stops_the_start_naming_it_and_the_choices() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for (name, value, expected) in [
+        (
+            "OTEL_TRACES_SAMPLER",
+            "sometimes",
+            "parentbased_traceidratio",
+        ),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4317", "http://"),
+    ] {
+        let output = Command::new(binary())
+            .args(["up", "--data-dir"])
+            .arg(dir.path())
+            .env(name, value)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{name}=\"{value}\"")) && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}
+
 /// `flotilla config --component product --config <file holding file_text>`, with a database
 /// password and a drain timeout in the environment.
 fn config_of_product(

@@ -171,3 +171,40 @@ async fn a_login_is_one_trace_from_the_gateway_through_auth_to_user() -> TestRes
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_travel_over_otlp_http_too_and_are_flushed_at_shutdown() -> TestResult {
+    let receiver = Receiver::start_http().await;
+    let dir = tempfile::tempdir()?;
+    let endpoint = receiver.endpoint();
+    let flotilla = up_with(
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    )
+    .await;
+    let gateway = flotilla.addr("gateway", "http");
+    http_client()
+        .get(format!("http://{gateway}/v1/products?page_size=1"))
+        .send()
+        .await?
+        .error_for_status()?;
+    // Stopped at once: the batch (sent every 5 s) goes out because shutdown flushes it.
+    flotilla.stop().await;
+    let spans = receiver.spans();
+    let list = "flotilla.product.v1.ProductService/ListProducts";
+    let served = find(&spans, "product", list, SERVER)
+        .ok_or_else(|| format!("no product span in {spans:#?}"))?;
+    let request = find(&spans, "gateway", "GET /v1/products", SERVER)
+        .ok_or_else(|| format!("no gateway span in {spans:#?}"))?;
+    assert_eq!(served.trace_id, request.trace_id);
+    assert!(
+        !spans
+            .iter()
+            .any(|span| span.name.starts_with("grpc.health")),
+        "health checks are not traced"
+    );
+    Ok(())
+}

@@ -9,7 +9,7 @@
 //! of that component ([`super::context::in_component`]), so spans made below (client calls,
 //! queries) can say it too.
 //!
-//! The span is created here, with its parent, before anything enters it: tracing-opentelemetry
+//! Health checks and reflection calls are not traced. The span is created here, with its parent, before anything enters it: tracing-opentelemetry
 //! cannot re-parent a span that has started. No request field, header or metadata value is
 //! recorded, so no token ever reaches a span.
 
@@ -112,6 +112,12 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let side = self.layer.side;
         let component = self.layer.component.or_else(context::component);
+        if is_plumbing(request.uri().path()) {
+            // Health checks (a registry asks every few seconds) and reflection are not traced:
+            // they would bury the traces of real requests.
+            let response = self.inner.call(request);
+            return Box::pin(async move { Ok(response.await?.map(Body::new)) });
+        }
         let span = call_span(side, &request, self.layer.target.as_deref());
         if let Some(component) = component {
             span.record("flotilla.component", component);
@@ -151,6 +157,11 @@ where
             _ => Box::pin(call),
         }
     }
+}
+
+/// Whether `path` is a health check or reflection call rather than a service's own.
+fn is_plumbing(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
 }
 
 /// The span of one call, before it starts.
