@@ -68,6 +68,13 @@ enum Command {
     /// accepted until its tokens expire) and a new current key is generated. Restart the auth
     /// service afterwards; the other components fetch the new public key by themselves.
     RotateKeys,
+    /// Write a new Ed25519 JWT signing key (PKCS#8 PEM, readable by its owner only) to PATH,
+    /// unless a file is there already: the auth service's `FLOTILLA_JWT_KEY_FILE` under `serve`,
+    /// made once, for instance by an init container.
+    GenerateKey {
+        /// Where the key goes.
+        path: PathBuf,
+    },
     /// Print the effective settings of `up` (or of one component), secrets redacted.
     Config {
         /// Show the settings of this component as `serve` would use them, instead of `up`'s.
@@ -91,9 +98,11 @@ fn main() -> ExitCode {
             component: Some(component),
         } => Mode::Serve(*component),
         Command::Registry { .. } => Mode::Serve(Component::Registry),
-        Command::Config { component: None } | Command::RotateKeys => Mode::Up {
-            listen_ephemeral: false,
-        },
+        Command::Config { component: None } | Command::RotateKeys | Command::GenerateKey { .. } => {
+            Mode::Up {
+                listen_ephemeral: false,
+            }
+        }
     };
     let mut config = match settings::SystemConfig::parse(raw, &cli.data_dir, mode) {
         Ok(config) => config,
@@ -110,6 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::RotateKeys => return rotate_keys(&config),
+        Command::GenerateKey { path } => return generate_key(&path),
         Command::Up { .. } | Command::Serve { .. } | Command::Registry { .. } => {}
     }
 
@@ -148,6 +158,20 @@ fn main() -> ExitCode {
                 "flotilla stopped with an error"
             );
             eprintln!("flotilla: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `flotilla generate-key PATH`.
+fn generate_key(path: &std::path::Path) -> ExitCode {
+    match auth::keys::ensure_key_file(path) {
+        Ok(()) => {
+            println!("{} holds a JWT signing key", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("flotilla: {error}");
             ExitCode::FAILURE
         }
     }

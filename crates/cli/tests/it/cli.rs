@@ -52,6 +52,31 @@ fn a_bad_opentelemetry_variable_stops_the_start_naming_it_and_the_choices() -> T
     Ok(())
 }
 
+#[test]
+fn generate_key_writes_a_private_key_once() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("keys/jwt.pem");
+    let generate = || {
+        Command::new(binary())
+            .arg("generate-key")
+            .arg(&path)
+            .output()
+    };
+    let output = generate()?;
+    assert!(output.status.success(), "{output:?}");
+    let key = std::fs::read_to_string(&path)?;
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+    assert_eq!(
+        std::fs::metadata(&path)?.permissions().mode() & 0o777,
+        0o600
+    );
+    // A second run keeps the key that is there.
+    assert!(generate()?.status.success());
+    assert_eq!(std::fs::read_to_string(&path)?, key);
+    Ok(())
+}
+
 /// `flotilla config --component product --config <file holding file_text>`, with a database
 /// password and a drain timeout in the environment.
 fn config_of_product(
