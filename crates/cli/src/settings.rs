@@ -17,7 +17,7 @@ use platform::discovery::DiscoveryConfig;
 use platform::discovery::settings::upstream_names;
 use platform::resilience::client::CallPolicies;
 use platform::serve::ServeConfig;
-use platform::telemetry::traces::TraceConfig;
+use platform::telemetry::traces::{TRACE_SETTINGS, TraceConfig};
 use platform::telemetry::{LogConfig, LogFormat};
 use product::ProductConfig;
 use registry::RegistryConfig;
@@ -64,7 +64,8 @@ pub const UP_KEY_FILE: &str = "jwt-ed25519.pem";
 pub const UP_PREVIOUS_KEY_FILE: &str = "jwt-ed25519.previous.pem";
 
 /// Every setting any component reads, so a settings file shared by several components is accepted
-/// by each (a test keeps this list equal to what the components really read).
+/// by each (a test keeps this list, with OpenTelemetry's `TRACE_SETTINGS`, equal to what the
+/// components really read).
 const ALL_SETTINGS: &[&str] = &[
     "CONSUL_HTTP_ADDR",
     "CONSUL_HTTP_TOKEN",
@@ -133,16 +134,6 @@ const ALL_SETTINGS: &[&str] = &[
     "FLOTILLA_USER_GRPC_ADDR",
     "JWT_ACCESS_EXPIRY",
     "JWT_SECRET",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-    "OTEL_SDK_DISABLED",
-    "OTEL_SERVICE_NAME",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
     "RUST_LOG",
 ];
 
@@ -325,6 +316,7 @@ impl SystemConfig {
         let per_upstream = CallPolicies::setting_names(&upstream_names());
         let known: Vec<&str> = ALL_SETTINGS
             .iter()
+            .chain(TRACE_SETTINGS)
             .copied()
             .chain(per_upstream.iter().map(String::as_str))
             .collect();
@@ -472,8 +464,11 @@ mod tests {
                 );
             }
         }
-        let listed: std::collections::BTreeSet<String> =
-            ALL_SETTINGS.iter().map(|name| (*name).to_owned()).collect();
+        let listed: std::collections::BTreeSet<String> = ALL_SETTINGS
+            .iter()
+            .chain(platform::telemetry::traces::TRACE_SETTINGS)
+            .map(|name| (*name).to_owned())
+            .collect();
         assert_eq!(read, listed);
         Ok(())
     }

@@ -231,10 +231,16 @@ impl Database {
     /// The client span of one statement, after OpenTelemetry's database conventions: named by its
     /// summary (`SELECT users`), with `db.system`, `db.operation.name` and `db.collection.name`
     /// read from the statement (or a summary of it, `DELETE products`). Never the statement's text
-    /// or its bound values. Instrument the statement's future with it.
+    /// or its bound values. Instrument the statement's future with it. Outside a request (no
+    /// component at work, [`crate::telemetry::context::component`]) it is a disabled span.
     pub fn span(&self, statement: &str) -> tracing::Span {
+        // Statements outside a request (the seed, the bootstrap, the purge) are not traced: each
+        // would be a trace of its own, burying the requests'.
+        let Some(component) = crate::telemetry::context::component() else {
+            return tracing::Span::none();
+        };
         let (operation, table) = summary(statement);
-        let span = tracing::info_span!(
+        tracing::info_span!(
             "db",
             otel.name = format!("{operation} {table}"),
             otel.kind = "client",
@@ -244,12 +250,8 @@ impl Database {
             },
             db.operation.name = operation,
             db.collection.name = table,
-            flotilla.component = tracing::field::Empty,
-        );
-        if let Some(component) = crate::telemetry::context::component() {
-            span.record("flotilla.component", component);
-        }
-        span
+            flotilla.component = component,
+        )
     }
 
     /// The URL with its password redacted, for logs.

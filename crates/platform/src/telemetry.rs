@@ -108,6 +108,7 @@ pub fn init_logging(config: &LogConfig) {
     init(config, None);
 }
 
+mod call_end;
 pub mod context;
 pub mod grpc_metrics;
 pub mod grpc_spans;

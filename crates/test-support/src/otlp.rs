@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -35,6 +36,8 @@ pub struct ReceivedSpan {
     pub attributes: Vec<(String, String)>,
     /// OTLP's status code: 0 unset, 1 ok, 2 error.
     pub status: i32,
+    /// Its events (log lines inside the span): name and attributes.
+    pub events: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl ReceivedSpan {
@@ -172,24 +175,32 @@ impl Receiver {
                         trace_id: hex(&span.trace_id),
                         span_id: hex(&span.span_id),
                         parent_span_id: hex(&span.parent_span_id),
-                        attributes: span
-                            .attributes
-                            .into_iter()
-                            .map(|attribute| {
-                                let value = attribute
-                                    .value
-                                    .map(|value| text(value.value.as_ref()))
-                                    .unwrap_or_default();
-                                (attribute.key, value)
-                            })
-                            .collect(),
+                        attributes: pairs(span.attributes),
                         status: span.status.map_or(0, |status| status.code),
+                        events: span
+                            .events
+                            .into_iter()
+                            .map(|event| (event.name, pairs(event.attributes)))
+                            .collect(),
                     });
                 }
             }
         }
         self.spans.lock().expect("the spans' lock").extend(received);
     }
+}
+
+fn pairs(attributes: Vec<KeyValue>) -> Vec<(String, String)> {
+    attributes
+        .into_iter()
+        .map(|attribute| {
+            let value = attribute
+                .value
+                .map(|value| text(value.value.as_ref()))
+                .unwrap_or_default();
+            (attribute.key, value)
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -209,8 +209,13 @@ async fn prometheus_scrapes_every_listener_and_counts_each_request_once() -> Tes
         Some(LISTS as f64),
         "{lists:?}"
     );
+    // Each target is scraped on its own schedule: wait for the gateway's too.
     let gets = prometheus
-        .query("sum(http_requests_total{route=\"/v1/products\",status=\"200\"})")
+        .query_until(
+            "sum(http_requests_total{route=\"/v1/products\",status=\"200\"})",
+            PATIENCE,
+            |result| result.first().and_then(value_of) == Some(LISTS as f64),
+        )
         .await;
     assert_eq!(
         gets.first().and_then(value_of),

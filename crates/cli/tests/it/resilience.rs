@@ -320,6 +320,35 @@ async fn a_slow_service_meets_the_route_deadline_and_sees_the_cancellation() -> 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Its metrics count the abandoned call as ended, not as still running, and
+    // the gateway's client side as the caller saw it.
+    let scraped = scrape(slow.addr("product", "admin")).await?;
+    let get = r#"grpc_service="flotilla.product.v1.ProductService",grpc_method="GetProduct",grpc_type="unary""#;
+    assert_eq!(
+        sample(&scraped, &format!("grpc_server_started_total{{{get}}}")),
+        Some(1.0),
+        "{scraped}"
+    );
+    // Cut by the service's own deadline, or by the gateway's reset arriving at the same moment.
+    let ended = ["DeadlineExceeded", "Canceled"]
+        .iter()
+        .filter_map(|code| {
+            sample(
+                &scraped,
+                &format!(r#"grpc_server_handled_total{{{get},grpc_code="{code}"}}"#),
+            )
+        })
+        .sum::<f64>();
+    assert_eq!(ended, 1.0, "{scraped}");
+    let scraped = scrape(gateway.addr("gateway", "admin")).await?;
+    assert_eq!(
+        sample(
+            &scraped,
+            &format!(r#"grpc_client_handled_total{{{get},grpc_code="Canceled"}}"#)
+        ),
+        Some(1.0),
+        "tonic reports its own timeout as CANCELLED: {scraped}"
+    );
     gateway.stop().await;
     slow.stop().await;
     registry.stop().await;

@@ -123,9 +123,23 @@ async fn a_login_is_one_trace_from_the_gateway_through_auth_to_user() -> TestRes
         assert!(span.attribute("server.address").is_some(), "{span:#?}");
     }
 
-    // No secret in any span: not the password, not a token, not a bearer header.
+    // No secret in any span, in its attributes or its events (the log lines inside it): not the
+    // password, not a token, not a bearer header.
     for span in &spans {
-        for (key, value) in &span.attributes {
+        let mut texts: Vec<(&str, &str)> = span
+            .attributes
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        for (name, attributes) in &span.events {
+            texts.push(("event", name.as_str()));
+            texts.extend(
+                attributes
+                    .iter()
+                    .map(|(key, value)| (key.as_str(), value.as_str())),
+            );
+        }
+        for (key, value) in texts {
             for secret in [ADMIN_PASSWORD, access.as_str(), refresh.as_str(), "Bearer"] {
                 assert!(
                     !value.contains(secret),

@@ -12,12 +12,10 @@ use std::future::Future;
 use std::sync::LazyLock;
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Registry;
-use tracing_subscriber::registry::{LookupSpan, SpanData};
 
 static PROPAGATOR: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropagator::new);
 
@@ -44,34 +42,12 @@ pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
     }
 }
 
-/// The trace and span ids of the current span, or of its nearest ancestor OpenTelemetry records
-/// (a debug span, tower-http's say, is not traced, but the work in it belongs to the request
-/// around it); `None` outside any traced span.
-pub fn current_ids() -> Option<(TraceId, SpanId)> {
-    tracing::dispatcher::get_default(|dispatch| {
-        recorded_ids(dispatch, dispatch.current_span().id().cloned())
-    })
-}
-
-/// The ids of span `start` or of its nearest ancestor OpenTelemetry records.
-pub(crate) fn recorded_ids(
-    dispatch: &tracing::Dispatch,
-    start: Option<tracing::span::Id>,
-) -> Option<(TraceId, SpanId)> {
-    let registry = dispatch.downcast_ref::<Registry>()?;
-    let mut span = start;
-    while let Some(id) = span {
-        if let Some(context) = tracing_opentelemetry::get_otel_context(&id, dispatch) {
-            let span_context = context.span().span_context().clone();
-            if span_context.is_valid() && span_context.is_sampled() {
-                return Some((span_context.trace_id(), span_context.span_id()));
-            }
-        }
-        span = registry
-            .span_data(&id)
-            .and_then(|data| data.parent().cloned());
-    }
-    None
+/// The trace context of the current span, or of its nearest ancestor OpenTelemetry records (a
+/// debug span, tower-http's say, is not traced, but the work in it belongs to the request around
+/// it): tracing-opentelemetry makes an entered span's context OpenTelemetry's current one. Invalid
+/// outside any traced span. Reads a thread-local: no lock, no subscriber.
+pub fn current_span_context() -> SpanContext {
+    opentelemetry::Context::map_current(|context| context.span().span_context().clone())
 }
 
 /// Runs `future` as work of `component` ("product").
@@ -110,6 +86,6 @@ mod tests {
         inject(&span, &mut outgoing);
         assert!(outgoing.is_empty());
         let _entered = span.enter();
-        assert_eq!(current_ids(), None);
+        assert!(!current_span_context().is_valid());
     }
 }

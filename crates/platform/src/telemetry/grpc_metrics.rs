@@ -10,11 +10,10 @@
 //!   component ("product") and `code` the canonical name (`NOT_FOUND`).
 //!
 //! Labels are bounded: a method outside Flotilla's protos, health and reflection (any path a
-//! client can make up) is counted as `unknown`, never by its path. A call is handled when its
-//! answer ends: the status comes from trailers-only headers or the trailers
-//! (`resilience::watched`); an answer dropped before its end (the caller went away, or the
-//! deadline passed) is `Canceled`, and a failed client call that got no answer at all is counted
-//! with the code of its error.
+//! client can make up) is counted as `unknown`, never by its path. A call is handled when it ends
+//! ([`super::call_end`]): with an error (its code), trailers-only headers or trailers (their
+//! status), or abandoned on the way (`DeadlineExceeded` past its `grpc-timeout`, `Canceled`
+//! before).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,9 +27,9 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
 
+use super::call_end::{CallEnd, watch};
 use super::metrics::{LatencyHistogram, Metrics, TraceExemplar, latency_histogram};
 use crate::resilience::retry::IdempotentMethods;
-use crate::resilience::watched::{Ending, OnEnd, Watched};
 
 /// The methods a Flotilla component can serve or call: its own protos, health and reflection.
 static KNOWN: LazyLock<IdempotentMethods> = LazyLock::new(|| {
@@ -238,31 +237,16 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let call = self.metrics.start(request.uri().path());
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = match response.await {
-                Ok(response) => response,
-                Err(error) => {
-                    call.handled(error.grpc_code());
-                    return Err(error);
-                }
-            };
-            // A trailers-only answer (how a handler's error, a shed or a fault is sent) is over
-            // with its headers.
-            if let Some(code) = grpc_status(response.headers()) {
-                call.handled(code);
-                return Ok(response);
-            }
-            let handled = Handled { call: Some(call) };
-            Ok(response.map(|body| Body::new(Watched::new(body, handled))))
-        })
+        let end = CallEnd::new(request.headers(), move |code| call.handled(code));
+        Box::pin(watch(self.inner.call(request), end))
     }
 }
 
 /// The gRPC code a call's error stands for, read without consuming the error.
 pub trait ErrorCode {
-    /// The code of the first [`tonic::Status`] in the error's chain, `UNKNOWN` without one (as
-    /// tonic's own client reports such errors).
+    /// The code tonic's client gives the caller for this error: the first [`tonic::Status`] in
+    /// its chain, CANCELLED for a client-side timeout (tonic's "Timeout expired"), the HTTP/2
+    /// reset's code for a stream reset, UNAVAILABLE for a failed connection, UNKNOWN otherwise.
     fn grpc_code(&self) -> Code;
 }
 
@@ -273,9 +257,30 @@ impl ErrorCode for tower::BoxError {
             if let Some(status) = error.downcast_ref::<tonic::Status>() {
                 return status.code();
             }
+            if error.is::<tonic::TimeoutExpired>() {
+                return Code::Cancelled;
+            }
+            if let Some(reset) = error.downcast_ref::<h2::Error>() {
+                return h2_code(reset);
+            }
+            if error.is::<std::io::Error>() {
+                return Code::Unavailable;
+            }
             current = error.source();
         }
         Code::Unknown
+    }
+}
+
+/// gRPC's mapping of HTTP/2 error codes ("HTTP to gRPC Status Code Mapping", PROTOCOL-HTTP2).
+fn h2_code(error: &h2::Error) -> Code {
+    match error.reason() {
+        Some(h2::Reason::NO_ERROR | h2::Reason::REFUSED_STREAM) => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        Some(_) => Code::Internal,
+        None => Code::Unavailable,
     }
 }
 
@@ -326,34 +331,6 @@ impl Call {
             .handling
             .get_or_create(&labels)
             .observe(seconds, exemplar, None);
-    }
-}
-
-/// Travels with the answer's body; records the call as handled when the body ends, or as
-/// cancelled when it is dropped first.
-#[derive(Debug)]
-struct Handled {
-    call: Option<Call>,
-}
-
-impl OnEnd for Handled {
-    fn ended(mut self, ending: Ending<'_>) {
-        let code = match ending {
-            Ending::Trailers(trailers) => grpc_status(trailers),
-            // An answer must end with a status: without one, or broken off, it failed.
-            Ending::Bare | Ending::Broken => None,
-        };
-        if let Some(call) = self.call.take() {
-            call.handled(code.unwrap_or(Code::Unknown));
-        }
-    }
-}
-
-impl Drop for Handled {
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            call.handled(Code::Cancelled);
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! A span for every gRPC call, on both sides, after OpenTelemetry's RPC conventions: named
 //! `package.Service/Method`, kind server or client, with `rpc.system` `grpc`, `rpc.service`,
-//! `rpc.method`, `rpc.grpc.status_code` (set when the answer ends: trailers-only headers, trailers,
-//! an error, or `CANCELLED` for an answer dropped unfinished) and `server.address`/`server.port`.
+//! `rpc.method`, `rpc.grpc.status_code` (set when the call ends, [`super::call_end`]: an error,
+//! trailers-only headers, trailers, or abandoned on the way) and `server.address`/`server.port`.
 //!
 //! The server span continues the trace of the caller's `traceparent`; the client span writes its
 //! own into the outgoing call, so one trace runs gateway → auth → user. Each span carries
@@ -23,9 +23,9 @@ use tonic::body::Body;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use super::call_end::{CallEnd, watch};
 use super::context;
-use super::grpc_metrics::{ErrorCode, grpc_status, method_names};
-use crate::resilience::watched::{Ending, OnEnd, Watched};
+use super::grpc_metrics::{ErrorCode, method_names};
 
 /// Which side of a call a span is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,32 +126,15 @@ where
             Side::Server => context::continue_trace(&span, request.headers()),
             Side::Client => context::inject(&span, request.headers_mut()),
         }
+        let finished = span.clone();
+        let end = CallEnd::new(request.headers(), move |code| finish(&finished, side, code));
         // Entered while the inner service builds its future, so layers below see the span as
         // current (the metrics take its trace id for their exemplars).
         let response = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let call = async move {
-            match response.instrument(span.clone()).await {
-                Err(error) => {
-                    finish(&span, side, error.grpc_code());
-                    Err(error)
-                }
-                Ok(response) => {
-                    // A trailers-only answer is over with its headers.
-                    if let Some(code) = grpc_status(response.headers()) {
-                        finish(&span, side, code);
-                        return Ok(response.map(Body::new));
-                    }
-                    let end = SpanEnd {
-                        span: Some(span),
-                        side,
-                    };
-                    Ok(response.map(|body| Body::new(Watched::new(Body::new(body), end))))
-                }
-            }
-        };
+        let call = watch(response.instrument(span), end);
         match (side, component) {
             (Side::Server, Some(component)) => Box::pin(context::in_component(component, call)),
             _ => Box::pin(call),
@@ -198,9 +181,15 @@ fn call_span<B>(side: Side, request: &http::Request<B>, target: Option<&str>) ->
 /// Records how the call ended.
 fn finish(span: &tracing::Span, side: Side, code: Code) {
     span.record("rpc.grpc.status_code", code as i32);
-    // OpenTelemetry's rule: a client call failed on any code but OK; a server only failed on the
-    // codes that mean it broke, not on the caller's mistakes.
-    let failed = match side {
+    if is_error(side, code) {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// OpenTelemetry's rule: a client call failed on any code but OK; a server only failed on the
+/// codes that mean it broke, not on the caller's mistakes.
+fn is_error(side: Side, code: Code) -> bool {
+    match side {
         Side::Client => code != Code::Ok,
         Side::Server => matches!(
             code,
@@ -211,34 +200,46 @@ fn finish(span: &tracing::Span, side: Side, code: Code) {
                 | Code::Unavailable
                 | Code::DataLoss
         ),
-    };
-    if failed {
-        span.record("otel.status_code", "error");
     }
 }
 
-/// Travels with the answer's body and ends the span with it.
-struct SpanEnd {
-    span: Option<tracing::Span>,
-    side: Side,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl OnEnd for SpanEnd {
-    fn ended(mut self, ending: Ending<'_>) {
-        let code = match ending {
-            Ending::Trailers(trailers) => grpc_status(trailers),
-            Ending::Bare | Ending::Broken => None,
-        };
-        if let Some(span) = self.span.take() {
-            finish(&span, self.side, code.unwrap_or(Code::Unknown));
+    #[test]
+    fn a_server_fails_on_its_own_faults_a_client_on_any_code_but_ok() {
+        for code in [
+            Code::Internal,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Unknown,
+        ] {
+            assert!(is_error(Side::Server, code), "{code:?}");
+            assert!(is_error(Side::Client, code), "{code:?}");
         }
+        for code in [
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+        ] {
+            assert!(!is_error(Side::Server, code), "{code:?}");
+            assert!(is_error(Side::Client, code), "{code:?}");
+        }
+        assert!(!is_error(Side::Server, Code::Ok) && !is_error(Side::Client, Code::Ok));
     }
-}
 
-impl Drop for SpanEnd {
-    fn drop(&mut self) {
-        if let Some(span) = self.span.take() {
-            finish(&span, self.side, Code::Cancelled);
-        }
+    #[test]
+    fn health_and_reflection_are_plumbing_and_services_are_not() {
+        assert!(is_plumbing("/grpc.health.v1.Health/Check"));
+        assert!(is_plumbing(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(is_plumbing(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(!is_plumbing(
+            "/flotilla.product.v1.ProductService/GetProduct"
+        ));
     }
 }

@@ -5,7 +5,8 @@
 //! gRPC calls a handler makes are its children and say which component made them.
 //!
 //! Put it on a `Router` with `Router::layer`, where the route is matched. No header, query or body
-//! is recorded, so no token reaches a span.
+//! is recorded, so no token reaches a span. Probes (`/healthz`, `/readyz`) and `/openapi.json` are
+//! not traced.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,6 +63,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let component = self.component;
+        if is_probe(request.uri().path()) {
+            // Probes (a load balancer's or Kubernetes' every few seconds) and the API document are
+            // not traced: they would bury the traces of real requests.
+            let response = self.inner.call(request);
+            return Box::pin(context::in_component(component, response));
+        }
         let method = super::http_metrics::method_label(request.method());
         let route = request
             .extensions()
@@ -86,7 +94,6 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let component = self.component;
         Box::pin(context::in_component(component, async move {
             let response = response.instrument(span.clone()).await?;
             let status = response.status();
@@ -97,4 +104,9 @@ where
             Ok(response)
         }))
     }
+}
+
+/// Whether `path` is a health or readiness probe, or the API document.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
 }

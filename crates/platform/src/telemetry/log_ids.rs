@@ -5,7 +5,6 @@
 
 use std::fmt;
 
-use opentelemetry::trace::{SpanId, TraceId};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -42,30 +41,27 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // The current span's, or its nearest traced ancestor's; sampled or not, so logs of a
+        // request that is not exported still share its id with the other hops' logs.
+        let context = super::context::current_span_context();
+        if !context.is_valid() {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let (trace_id, span_id) = (context.trace_id(), context.span_id());
+        if !self.json {
+            write!(writer, "trace_id={trace_id} span_id={span_id} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        // JSON: the ids become the object's first fields, spliced in after its brace.
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
-        let Some((trace_id, span_id)) = ids(event) else {
-            return writer.write_str(&line);
-        };
         match line.strip_prefix('{') {
-            Some(rest) if self.json => write!(
+            Some(rest) => write!(
                 writer,
                 "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
             ),
-            _ => write!(writer, "trace_id={trace_id} span_id={span_id} {line}"),
+            None => writer.write_str(&line),
         }
     }
-}
-
-/// The ids of the span the event belongs to (its explicit parent, else the current span), or of
-/// its nearest traced ancestor.
-fn ids(event: &Event<'_>) -> Option<(TraceId, SpanId)> {
-    tracing::dispatcher::get_default(|dispatch| {
-        let start = event
-            .parent()
-            .cloned()
-            .or_else(|| dispatch.current_span().id().cloned());
-        super::context::recorded_ids(dispatch, start)
-    })
 }

@@ -42,8 +42,9 @@ pub struct TraceExemplar {
 impl TraceExemplar {
     /// The exemplar of the current span's trace, when it is sampled.
     pub fn current() -> Option<Self> {
-        super::context::current_ids().map(|(trace_id, _)| Self {
-            trace_id: trace_id.to_string(),
+        let context = super::context::current_span_context();
+        (context.is_valid() && context.is_sampled()).then(|| Self {
+            trace_id: context.trace_id().to_string(),
         })
     }
 }
@@ -148,8 +149,9 @@ impl Metrics {
             .register_collector(Box::new(collector));
     }
 
-    /// Renders `other`'s metrics after this one's own, from now on. Including the same registry
-    /// twice, or this one itself, changes nothing.
+    /// Renders `other`'s metrics after this one's own: the registries `other` holds now (a
+    /// snapshot; what `other` includes later is not seen here). Including the same registry twice,
+    /// or this one itself, changes nothing. The registries must not share metric names.
     pub fn include(&mut self, other: &Metrics) {
         for registry in std::iter::once(&other.own).chain(&other.included) {
             let known = std::iter::once(&self.own)

@@ -24,11 +24,14 @@ impl fmt::Debug for ReqwestOnTokio {
 }
 
 impl ReqwestOnTokio {
-    /// A client on the current runtime; without one, every export fails with a clear error.
-    pub(crate) fn new() -> Self {
+    /// A client on the current runtime whose requests give up after `timeout` (the exporter
+    /// relies on its client for `OTEL_EXPORTER_OTLP_TIMEOUT`); without a runtime, every export
+    /// fails with a clear error.
+    pub(crate) fn new(timeout: std::time::Duration) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             client: reqwest::Client::builder()
+                .timeout(timeout)
                 .build()
                 .map_err(|error| error.to_string()),
             runtime: Handle::try_current().ok(),

@@ -12,8 +12,9 @@
 //! | `OTEL_SDK_DISABLED` | `true` turns tracing off |
 //!
 //! Spans are batched by the SDK's batch processor, on a thread of its own, and flushed at shutdown
-//! ([`Traces::shutdown`]). With no endpoint the OpenTelemetry layer is not installed at all, so
-//! tracing costs nothing.
+//! ([`Traces::shutdown`]). With no endpoint the OpenTelemetry layer is not installed at all: spans
+//! are still made (for log lines) but nothing is recorded or sent. The resource also takes
+//! `OTEL_RESOURCE_ATTRIBUTES`, as every SDK does.
 //!
 //! Several components in one process (`flotilla up`) export under their own `service.name`, so
 //! Jaeger shows the gateway, auth, user and product services as they are under `serve`: spans carry
@@ -190,6 +191,7 @@ impl TraceConfig {
 #[derive(Debug, Clone)]
 pub struct Traces {
     provider: SdkTracerProvider,
+    timeout: Duration,
 }
 
 /// A trace exporter that could not be built.
@@ -218,16 +220,19 @@ impl Traces {
             (Some(name), 1) => name.clone(),
             _ => component.to_owned(),
         };
+        // Spans no component claims (work outside a request) go under the process's one
+        // component when there is one, else OTEL_SERVICE_NAME or "flotilla".
+        let fallback_name = match (components, &config.service_name) {
+            ([only], _) => name_of(only),
+            (_, Some(name)) => name.clone(),
+            _ => "flotilla".to_owned(),
+        };
         let mut by_component = BTreeMap::new();
         for component in components {
             let mut exporter = exporter(config, endpoint)?;
             exporter.set_resource(&resource(&name_of(component)));
             by_component.insert(*component, exporter);
         }
-        let fallback_name = config
-            .service_name
-            .clone()
-            .unwrap_or_else(|| "flotilla".to_owned());
         let mut fallback = exporter(config, endpoint)?;
         fallback.set_resource(&resource(&fallback_name));
         let provider = SdkTracerProvider::builder()
@@ -237,7 +242,10 @@ impl Traces {
                 fallback,
             })
             .build();
-        Ok(Some(Self { provider }))
+        Ok(Some(Self {
+            provider,
+            timeout: config.timeout,
+        }))
     }
 
     /// The provider, for the `tracing` layer.
@@ -245,18 +253,20 @@ impl Traces {
         &self.provider
     }
 
-    /// Exports what is still batched and stops. Blocks for at most the export timeout; call it
-    /// outside the runtime's worker threads (after `block_on` has returned) with the runtime
-    /// still alive.
+    /// Exports what is still batched and stops. Blocks for at most the export timeout and a
+    /// second (the components' exports run side by side); call it outside the runtime's worker
+    /// threads (after `block_on` has returned) with the runtime still alive.
     pub fn shutdown(&self) {
-        if let Err(error) = self.provider.shutdown() {
+        let patience = self.timeout + Duration::from_secs(1);
+        if let Err(error) = self.provider.shutdown_with_timeout(patience) {
             tracing::warn!(%error, "flushing the last spans failed");
         }
     }
 }
 
 fn resource(service_name: &str) -> Resource {
-    Resource::builder_empty()
+    // builder() reads OTEL_RESOURCE_ATTRIBUTES and adds the SDK's own attributes; the name is ours.
+    Resource::builder()
         .with_service_name(service_name.to_owned())
         .with_attributes([
             KeyValue::new("service.namespace", "flotilla"),
@@ -280,11 +290,11 @@ fn exporter(
             .with_endpoint(endpoint)
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_timeout(config.timeout)
-            .with_http_client(super::otlp_http::ReqwestOnTokio::new())
+            .with_http_client(super::otlp_http::ReqwestOnTokio::new(config.timeout))
             .build(),
     };
     built.map_err(|error| TraceExportError {
-        endpoint: endpoint.to_owned(),
+        endpoint: crate::config::redact_url_password(endpoint),
         reason: error.to_string(),
     })
 }
@@ -323,15 +333,19 @@ impl SpanExporter for ByComponent {
                 });
             groups.entry(component).or_default().push(span);
         }
-        let mut failures = Vec::new();
-        for (component, spans) in groups {
+        // Side by side: each group has an exporter of its own, so the SDK's rule (one export at a
+        // time per exporter) holds, and a flush takes one export's time, not one per component.
+        let exports = groups.into_iter().map(|(component, spans)| {
             let exporter = component
                 .and_then(|component| self.by_component.get(component))
                 .unwrap_or(&self.fallback);
-            if let Err(error) = exporter.export(spans).await {
-                failures.push(error.to_string());
-            }
-        }
+            exporter.export(spans)
+        });
+        let failures: Vec<String> = futures::future::join_all(exports)
+            .await
+            .into_iter()
+            .filter_map(|result| result.err().map(|error| error.to_string()))
+            .collect();
         if failures.is_empty() {
             Ok(())
         } else {

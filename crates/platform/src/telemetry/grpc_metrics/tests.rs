@@ -153,6 +153,14 @@ fn an_error_without_a_status_is_unknown() {
     assert_eq!(error.grpc_code(), Code::Unknown);
     let wrapped: tower::BoxError = Box::new(Wrapped(tonic::Status::deadline_exceeded("late")));
     assert_eq!(wrapped.grpc_code(), Code::DeadlineExceeded);
+    // As tonic's client reports them: its own timeout, a reset stream, a refused connection.
+    let timeout: tower::BoxError = Box::new(tonic::TimeoutExpired(()));
+    assert_eq!(timeout.grpc_code(), Code::Cancelled);
+    let reset: tower::BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
+    assert_eq!(reset.grpc_code(), Code::Unavailable);
+    let refused: tower::BoxError =
+        Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(refused.grpc_code(), Code::Unavailable);
 }
 
 /// An error whose cause is a status, as a layer's error wrapping an upstream's is.
