@@ -13,6 +13,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use platform::telemetry::grpc_metrics::canonical_name;
 use serde_json::json;
 use tonic::Code;
 
@@ -168,29 +169,6 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// The canonical name of a gRPC code, as in Google's JSON error bodies.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 impl From<platform::auth::AuthError> for ApiError {
     fn from(error: platform::auth::AuthError) -> Self {
         let status = tonic::Status::from(error);
@@ -231,7 +209,8 @@ impl IntoResponse for ApiError {
         let body = Json(json!({
             "error": {
                 "code": status.as_u16(),
-                "status": code_name(self.code),
+                // The canonical name, as in Google's JSON error bodies.
+                "status": canonical_name(self.code),
                 "message": self.message,
             }
         }));

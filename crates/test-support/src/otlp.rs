@@ -60,14 +60,7 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on 127.0.0.1, port 0.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("bind the OTLP receiver");
-        let addr = listener.local_addr().expect("the receiver's address");
-        let receiver = Self {
-            addr,
-            spans: Arc::default(),
-        };
+        let (listener, receiver) = Self::bind().await;
         let service = TraceServiceServer::new(receiver.clone());
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -79,6 +72,15 @@ impl Receiver {
 
     /// Starts a receiver of OTLP over HTTP with protobuf bodies on 127.0.0.1, port 0.
     pub async fn start_http() -> Self {
+        let (listener, receiver) = Self::bind().await;
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(export_http))
+            .with_state(receiver.clone());
+        tokio::spawn(axum::serve(listener, app).into_future());
+        receiver
+    }
+
+    async fn bind() -> (tokio::net::TcpListener, Self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind the OTLP receiver");
@@ -87,11 +89,7 @@ impl Receiver {
             addr,
             spans: Arc::default(),
         };
-        let app = axum::Router::new()
-            .route("/v1/traces", axum::routing::post(export_http))
-            .with_state(receiver.clone());
-        tokio::spawn(axum::serve(listener, app).into_future());
-        receiver
+        (listener, receiver)
     }
 
     /// The URL to give as `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP over gRPC, or over HTTP for a
