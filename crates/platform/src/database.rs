@@ -239,19 +239,27 @@ impl Database {
         let Some(component) = crate::telemetry::context::component() else {
             return tracing::Span::none();
         };
-        let (operation, table) = summary(statement);
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "db",
-            otel.name = format!("{operation} {table}"),
+            otel.name = tracing::field::Empty,
             otel.kind = "client",
             db.system = match self.dialect {
                 Dialect::Sqlite => "sqlite",
                 Dialect::Postgres => "postgresql",
             },
-            db.operation.name = operation,
-            db.collection.name = table,
+            db.operation.name = tracing::field::Empty,
+            db.collection.name = tracing::field::Empty,
             flotilla.component = component,
-        )
+        );
+        // The statement is read only for a span someone records (before it starts, while its
+        // name may still change).
+        if !span.is_disabled() {
+            let (operation, table) = summary(statement);
+            span.record("otel.name", format!("{operation} {table}"));
+            span.record("db.operation.name", operation);
+            span.record("db.collection.name", table);
+        }
+        span
     }
 
     /// The URL with its password redacted, for logs.

@@ -277,6 +277,10 @@ impl GrpcServer {
         };
 
         let grpc_metrics = GrpcMetricsLayer::new(GrpcMetrics::server(name, &self.metrics));
+        let call_lines = tracing::enabled!(
+            target: "tower_http::trace::on_response",
+            tracing::Level::DEBUG
+        );
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let serve_error = |reason: String| ComponentError::Serve {
             component: name.to_owned(),
@@ -313,10 +317,20 @@ impl GrpcServer {
                     // logged below carries its trace id and every layer's work is inside it.
                     .layer(GrpcSpanLayer::server(name))
                     // One debug line per call ("finished processing request", with its latency):
-                    // off at the default level, there when someone needs to see where calls go.
-                    .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(
-                        tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-                    ))
+                    // there when someone needs to see where calls go, and not even installed at
+                    // the default level, where it would cost every call for lines nobody sees.
+                    .layer(tower::util::option_layer(call_lines.then(|| {
+                        tower::ServiceBuilder::new()
+                            .map_response(|response: http::Response<_>| {
+                                response.map(tonic::body::Body::new)
+                            })
+                            .layer(
+                                tower_http::trace::TraceLayer::new_for_grpc().on_failure(
+                                    tower_http::trace::DefaultOnFailure::new()
+                                        .level(tracing::Level::DEBUG),
+                                ),
+                            )
+                    })))
                     // Every call counted and timed, shed and faulted ones included, from its
                     // request to the end of its answer.
                     .layer(grpc_metrics)

@@ -68,11 +68,12 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
-/// Verifies access tokens for one component.
+/// Verifies access tokens for one component. Clones share everything: every call a service
+/// serves holds one, so a clone must not copy the validation rules (three sets of strings).
 #[derive(Clone)]
 pub struct Verifier {
     keys: Keys,
-    validation: Validation,
+    validation: Arc<Validation>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -85,7 +86,7 @@ impl std::fmt::Debug for Verifier {
 
 #[derive(Clone)]
 enum Keys {
-    Secret(DecodingKey),
+    Secret(Arc<DecodingKey>),
     Fixed(Arc<HashMap<String, DecodingKey>>),
     Published(Arc<PublishedKeys>),
 }
@@ -150,15 +151,15 @@ impl Verifier {
         };
         Self {
             keys,
-            validation: validation(config, Algorithm::EdDSA),
+            validation: Arc::new(validation(config, Algorithm::EdDSA)),
         }
     }
 
     /// A verifier of HS256 tokens signed with `secret`.
     pub fn with_secret(config: &AuthConfig, secret: &[u8]) -> Self {
         Self {
-            keys: Keys::Secret(DecodingKey::from_secret(secret)),
-            validation: validation(config, Algorithm::HS256),
+            keys: Keys::Secret(Arc::new(DecodingKey::from_secret(secret))),
+            validation: Arc::new(validation(config, Algorithm::HS256)),
         }
     }
 
@@ -167,7 +168,7 @@ impl Verifier {
     pub fn with_public_keys(config: &AuthConfig, keys: HashMap<String, DecodingKey>) -> Self {
         Self {
             keys: Keys::Fixed(Arc::new(keys)),
-            validation: validation(config, Algorithm::EdDSA),
+            validation: Arc::new(validation(config, Algorithm::EdDSA)),
         }
     }
 
@@ -178,7 +179,7 @@ impl Verifier {
     /// keys are needed and cannot be fetched.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let key = match &self.keys {
-            Keys::Secret(key) => key.clone(),
+            Keys::Secret(key) => DecodingKey::clone(key),
             Keys::Fixed(keys) => {
                 let kid = ed25519_kid(token)?;
                 keys.get(&kid)

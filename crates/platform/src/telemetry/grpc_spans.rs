@@ -119,6 +119,16 @@ where
             return Box::pin(async move { Ok(response.await?.map(Body::new)) });
         }
         let span = call_span(side, &request, self.layer.target.as_deref());
+        if span.is_disabled() {
+            // No layer records info spans (no exporter, quiet logs): nothing to continue, send or
+            // settle, but the component still claims the call.
+            let response = self.inner.call(request);
+            let call = async move { Ok(response.await?.map(Body::new)) };
+            return match (side, component) {
+                (Side::Server, Some(component)) => Box::pin(context::in_component(component, call)),
+                _ => Box::pin(call),
+            };
+        }
         if let Some(component) = component {
             span.record("flotilla.component", component);
         }
