@@ -25,7 +25,8 @@ use tokio::time::Instant;
 use tonic::Status;
 
 /// The header's name.
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+// A parsed name: looking a header up by `&str` parses the name on every call.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// The largest value the header may carry in one unit.
 const MAX_VALUE: u128 = 99_999_999;

@@ -323,7 +323,7 @@ impl OnEnd for Permit {
 /// The `grpc-status` in `headers`, if any.
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     headers
-        .get("grpc-status")
+        .get(crate::telemetry::grpc_metrics::GRPC_STATUS)
         .map(|value| Code::from_bytes(value.as_bytes()))
 }
 

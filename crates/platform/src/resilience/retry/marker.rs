@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 
 /// The header of the gRPC retry design (A6) naming how many attempts of this call came before it;
 /// absent (or 0) on a first attempt.
-pub const PREVIOUS_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
+pub const PREVIOUS_ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("grpc-previous-rpc-attempts");
 
 tokio::task_local! {
     static SERVING_A_RETRY: ();

@@ -309,7 +309,11 @@ pub(super) fn classify(
                 return None;
             }
             let headers = response.headers();
-            let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+            let code = Code::from_bytes(
+                headers
+                    .get(crate::telemetry::grpc_metrics::GRPC_STATUS)?
+                    .as_bytes(),
+            );
             let pushback = pushback(headers);
             let reason = match (code, pushback) {
                 (Code::Unavailable, _) => Reason::Unavailable,
