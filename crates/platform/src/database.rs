@@ -240,6 +240,7 @@ impl Database {
             return tracing::Span::none();
         };
         let span = tracing::info_span!(
+            target: crate::telemetry::TRACE_TARGET,
             "db",
             otel.name = tracing::field::Empty,
             otel.kind = "client",

@@ -68,7 +68,12 @@ pub fn init(config: &LogConfig, traces: Option<&traces::Traces>) {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::Layer as _;
 
-    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The request spans (`grpc_spans`, `http_spans`, `Database::span`, all under TRACE_TARGET)
+    // are for traces, not for log lines, which carry their ids instead: the log layer ignoring
+    // them means that, with no exporter, nobody records them and a call pays nothing for them
+    // (formatting every span's fields cost a quarter of a GetProduct call).
+    let filter = EnvFilter::try_new(format!("{},{TRACE_TARGET}=off", config.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let log_layer = match config.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -102,6 +107,10 @@ pub fn init(config: &LogConfig, traces: Option<&traces::Traces>) {
     // A subscriber already installed (a test harness) is fine.
     drop(result);
 }
+
+/// The target of the request spans made for traces (HTTP, gRPC, database): recorded by the
+/// OpenTelemetry layer, left out of log lines.
+pub const TRACE_TARGET: &str = "flotilla::trace";
 
 /// Installs logging alone, with no trace export: [`init`] without traces.
 pub fn init_logging(config: &LogConfig) {

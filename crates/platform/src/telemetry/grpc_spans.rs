@@ -165,6 +165,7 @@ fn call_span<B>(side: Side, request: &http::Request<B>, target: Option<&str>) ->
         Side::Client => "client",
     };
     let span = tracing::info_span!(
+        target: crate::telemetry::TRACE_TARGET,
         "grpc",
         otel.name = format!("{service}/{method}"),
         otel.kind = kind,

@@ -76,6 +76,7 @@ where
             .get::<MatchedPath>()
             .map(|matched| matched.as_str().to_owned());
         let span = tracing::info_span!(
+            target: crate::telemetry::TRACE_TARGET,
             "http",
             otel.name = match &route {
                 Some(route) => format!("{method} {route}"),
