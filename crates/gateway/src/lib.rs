@@ -79,8 +79,9 @@ pub fn router(state: AppState, body_limit: usize, metrics: &HttpMetrics) -> Rout
                 .on_failure(()),
         )
         // The request's span, continuing the client's trace: outermost, so every line logged
-        // for the request carries its trace id and every upstream call is its child.
-        .layer(HttpSpanLayer::new("gateway"))
+        // for the request carries its trace id and every upstream call is its child. Probes and
+        // the API document are not traced.
+        .layer(HttpSpanLayer::new("gateway").untraced(&["/healthz", "/readyz", "/openapi.json"]))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -79,7 +79,18 @@ fn later(now: Instant, timeout: Duration) -> Instant {
 
 /// The call's timeout, if its header carries a valid one.
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
+    headers.get(GRPC_TIMEOUT).and_then(parse_timeout)
+}
+
+/// The raw `grpc-timeout` of a call, to be parsed later with [`parse_timeout`] if at all (a
+/// clone of the value is a reference count).
+pub(crate) fn timeout_value(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers.get(GRPC_TIMEOUT).cloned()
+}
+
+/// A `grpc-timeout` value as a duration, if it is a valid one.
+pub(crate) fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
     let digits = text.get(..text.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;

@@ -14,6 +14,17 @@ use std::task::{Context, Poll};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
+/// `grpc-status`, parsed once: looking a header up by `&str` parses the name on every call.
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The `grpc-status` in trailers-only headers or in trailers, if any: how every layer that
+/// watches a call learns its outcome.
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get(GRPC_STATUS)
+        .map(|value| tonic::Code::from_bytes(value.as_bytes()))
+}
+
 /// How a watched body ended.
 #[derive(Debug)]
 pub(crate) enum Ending<'a> {

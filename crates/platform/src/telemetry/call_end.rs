@@ -14,13 +14,16 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
 
-use super::grpc_metrics::{ErrorCode, grpc_status};
-use crate::resilience::watched::{Ending, OnEnd, Watched};
+use super::grpc_metrics::ErrorCode;
+use crate::resilience::watched::{Ending, OnEnd, Watched, grpc_status};
 
 /// Calls `finish` with the code a call ended with, exactly once.
 pub(crate) struct CallEnd<F: FnOnce(Code)> {
     finish: Option<F>,
-    deadline: Option<Instant>,
+    started: Instant,
+    /// The request's `grpc-timeout`, read only if the call is abandoned: most calls end on
+    /// their own, and parsing it on every call would be work done for nothing.
+    timeout: Option<http::HeaderValue>,
 }
 
 impl<F: FnOnce(Code)> CallEnd<F> {
@@ -29,8 +32,8 @@ impl<F: FnOnce(Code)> CallEnd<F> {
     pub(crate) fn new(headers: &http::HeaderMap, finish: F) -> Self {
         Self {
             finish: Some(finish),
-            deadline: crate::resilience::deadline::timeout(headers)
-                .map(|timeout| Instant::now() + timeout),
+            started: Instant::now(),
+            timeout: crate::resilience::deadline::timeout_value(headers),
         }
     }
 
@@ -54,8 +57,10 @@ impl<F: FnOnce(Code)> OnEnd for CallEnd<F> {
 impl<F: FnOnce(Code)> Drop for CallEnd<F> {
     fn drop(&mut self) {
         let late = self
-            .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline);
+            .timeout
+            .as_ref()
+            .and_then(crate::resilience::deadline::parse_timeout)
+            .is_some_and(|timeout| self.started.elapsed() >= timeout);
         self.end(if late {
             Code::DeadlineExceeded
         } else {

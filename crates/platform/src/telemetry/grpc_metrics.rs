@@ -334,16 +334,6 @@ impl Call {
     }
 }
 
-/// `grpc-status`, parsed once: looking a header up by `&str` parses the name on every call.
-pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-
-/// The `grpc-status` in trailers-only headers or trailers.
-pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    headers
-        .get(GRPC_STATUS)
-        .map(|value| Code::from_bytes(value.as_bytes()))
-}
-
 /// The code's name in gRPC's own documentation (`NOT_FOUND`).
 pub fn canonical_name(code: Code) -> &'static str {
     match code {

@@ -112,23 +112,18 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let side = self.layer.side;
         let component = self.layer.component.or_else(context::component);
-        if is_plumbing(request.uri().path()) {
-            // Health checks (a registry asks every few seconds) and reflection are not traced:
-            // they would bury the traces of real requests.
+        // Health checks (a registry asks every few seconds) and reflection are not traced: they
+        // would bury the traces of real requests. A span no layer records (no exporter, quiet
+        // logs) has nothing to continue, send or settle.
+        let span = (!is_plumbing(request.uri().path()))
+            .then(|| call_span(side, &request, self.layer.target.as_deref()))
+            .filter(|span| !span.is_disabled());
+        let Some(span) = span else {
             let response = self.inner.call(request);
-            return Box::pin(async move { Ok(response.await?.map(Body::new)) });
-        }
-        let span = call_span(side, &request, self.layer.target.as_deref());
-        if span.is_disabled() {
-            // No layer records info spans (no exporter, quiet logs): nothing to continue, send or
-            // settle, but the component still claims the call.
-            let response = self.inner.call(request);
-            let call = async move { Ok(response.await?.map(Body::new)) };
-            return match (side, component) {
-                (Side::Server, Some(component)) => Box::pin(context::in_component(component, call)),
-                _ => Box::pin(call),
-            };
-        }
+            return claimed(side, component, async move {
+                Ok(response.await?.map(Body::new))
+            });
+        };
         if let Some(component) = component {
             span.record("flotilla.component", component);
         }
@@ -144,11 +139,20 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let call = watch(response.instrument(span), end);
-        match (side, component) {
-            (Side::Server, Some(component)) => Box::pin(context::in_component(component, call)),
-            _ => Box::pin(call),
-        }
+        claimed(side, component, watch(response.instrument(span), end))
+    }
+}
+
+/// A server's call runs as work of its component, so spans made below (client calls, queries)
+/// can say which component made them; a client's runs in its caller's.
+fn claimed<E>(
+    side: Side,
+    component: Option<&'static str>,
+    call: impl Future<Output = Result<http::Response<Body>, E>> + Send + 'static,
+) -> GrpcSpansFuture<E> {
+    match (side, component) {
+        (Side::Server, Some(component)) => Box::pin(context::in_component(component, call)),
+        _ => Box::pin(call),
     }
 }
 

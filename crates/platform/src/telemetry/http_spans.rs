@@ -5,8 +5,8 @@
 //! gRPC calls a handler makes are its children and say which component made them.
 //!
 //! Put it on a `Router` with `Router::layer`, where the route is matched. No header, query or body
-//! is recorded, so no token reaches a span. Probes (`/healthz`, `/readyz`) and `/openapi.json` are
-//! not traced.
+//! is recorded, so no token reaches a span. Paths given to [`HttpSpanLayer::untraced`] (probes)
+//! are not traced.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,12 +22,24 @@ use super::context;
 #[derive(Debug, Clone, Copy)]
 pub struct HttpSpanLayer {
     component: &'static str,
+    untraced: &'static [&'static str],
 }
 
 impl HttpSpanLayer {
     /// Spans of `component` ("gateway").
     pub fn new(component: &'static str) -> Self {
-        Self { component }
+        Self {
+            component,
+            untraced: &[],
+        }
+    }
+
+    /// The same, leaving requests to these paths untraced (probes a load balancer sends every
+    /// few seconds would bury the traces of real requests).
+    #[must_use]
+    pub fn untraced(mut self, paths: &'static [&'static str]) -> Self {
+        self.untraced = paths;
+        self
     }
 }
 
@@ -37,7 +49,7 @@ impl<S> tower::Layer<S> for HttpSpanLayer {
     fn layer(&self, inner: S) -> Self::Service {
         HttpSpans {
             inner,
-            component: self.component,
+            layer: *self,
         }
     }
 }
@@ -46,7 +58,7 @@ impl<S> tower::Layer<S> for HttpSpanLayer {
 #[derive(Debug, Clone)]
 pub struct HttpSpans<S> {
     inner: S,
-    component: &'static str,
+    layer: HttpSpanLayer,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for HttpSpans<S>
@@ -63,10 +75,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let component = self.component;
-        if is_probe(request.uri().path()) {
-            // Probes (a load balancer's or Kubernetes' every few seconds) and the API document are
-            // not traced: they would bury the traces of real requests.
+        let component = self.layer.component;
+        if self.layer.untraced.contains(&request.uri().path()) {
             let response = self.inner.call(request);
             return Box::pin(context::in_component(component, response));
         }
@@ -88,7 +98,7 @@ where
             http.route = route,
             http.response.status_code = Empty,
             url.scheme = "http",
-            flotilla.component = self.component,
+            flotilla.component = component,
         );
         context::continue_trace(&span, request.headers());
         let response = {
@@ -105,9 +115,4 @@ where
             Ok(response)
         }))
     }
-}
-
-/// Whether `path` is a health or readiness probe, or the API document.
-fn is_probe(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
 }

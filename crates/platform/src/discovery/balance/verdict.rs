@@ -6,7 +6,6 @@
 //! gave up) says nothing.
 
 use http::HeaderMap;
-use tonic::Code;
 
 use crate::resilience::breaker::{Outcome, classify_headers};
 
@@ -17,11 +16,7 @@ pub(super) type Verdict = Result<(), String>;
 /// answer): `None` when there is no status there, `Some(None)` when the status says nothing
 /// about the instance.
 pub(super) fn verdict(headers: &HeaderMap) -> Option<Option<Verdict>> {
-    let code = Code::from_bytes(
-        headers
-            .get(crate::telemetry::grpc_metrics::GRPC_STATUS)?
-            .as_bytes(),
-    );
+    let code = crate::resilience::watched::grpc_status(headers)?;
     Some(match classify_headers(headers)? {
         Outcome::Success => Some(Ok(())),
         Outcome::Failure => Some(Err(format!("answered {}", code.description()))),

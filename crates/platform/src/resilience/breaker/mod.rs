@@ -89,11 +89,7 @@ pub fn classify(code: Code, pushback: bool) -> Outcome {
 /// [`classify`] over the headers (of a trailers-only answer) or trailers that carry a status;
 /// `None` when they carry none.
 pub fn classify_headers(headers: &http::HeaderMap) -> Option<Outcome> {
-    let code = Code::from_bytes(
-        headers
-            .get(crate::telemetry::grpc_metrics::GRPC_STATUS)?
-            .as_bytes(),
-    );
+    let code = crate::resilience::watched::grpc_status(headers)?;
     Some(classify(code, headers.contains_key(PUSHBACK)))
 }
 

@@ -15,7 +15,7 @@ use tonic::Code;
 
 use super::{AimdLimit, LimitConfig, Outcome, Sample};
 use crate::resilience::deadline;
-use crate::resilience::watched::{Ending, OnEnd, Watched};
+use crate::resilience::watched::{Ending, OnEnd, Watched, grpc_status};
 use crate::telemetry::metrics::Metrics;
 
 /// Services that are never limited: health checks must answer while the server sheds load, and
@@ -318,13 +318,6 @@ impl OnEnd for Permit {
             Ending::Broken => self.latency = None,
         }
     }
-}
-
-/// The `grpc-status` in `headers`, if any.
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    headers
-        .get(crate::telemetry::grpc_metrics::GRPC_STATUS)
-        .map(|value| Code::from_bytes(value.as_bytes()))
 }
 
 /// [`SHED_PUSHBACK`] in whole milliseconds, as the metadata carries it.

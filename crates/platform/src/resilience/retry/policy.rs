@@ -309,11 +309,7 @@ pub(super) fn classify(
                 return None;
             }
             let headers = response.headers();
-            let code = Code::from_bytes(
-                headers
-                    .get(crate::telemetry::grpc_metrics::GRPC_STATUS)?
-                    .as_bytes(),
-            );
+            let code = crate::resilience::watched::grpc_status(headers)?;
             let pushback = pushback(headers);
             let reason = match (code, pushback) {
                 (Code::Unavailable, _) => Reason::Unavailable,
