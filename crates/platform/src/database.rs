@@ -11,16 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 use crate::admin::ReadinessCheck;
 use crate::config::redact_url_password;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, encode_gauges};
 
 /// How long a caller waits for a pooled connection, and how long a readiness ping may take.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -312,26 +310,26 @@ impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let size = self.pool.size();
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        let service = [("service", self.service)];
-        let mut family = encoder.encode_descriptor(
+        encode_gauges(
+            &mut encoder,
             "flotilla_db_pool_connections",
             "Open connections of a service's database pool, idle or in use",
-            None,
-            MetricType::Gauge,
+            [("idle", idle), ("in_use", size.saturating_sub(idle))].map(|(state, count)| {
+                (
+                    [("service", self.service), ("state", state)],
+                    i64::from(count),
+                )
+            }),
         )?;
-        for (state, count) in [("idle", idle), ("in_use", size.saturating_sub(idle))] {
-            let labels = [("service", self.service), ("state", state)];
-            ConstGauge::new(i64::from(count)).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        encode_gauges(
+            &mut encoder,
             "flotilla_db_pool_max_connections",
             "The most connections a service's database pool opens",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(i64::from(self.pool.options().get_max_connections()))
-            .encode(family.encode_family(&service)?)?;
-        Ok(())
+            [(
+                [("service", self.service)],
+                i64::from(self.pool.options().get_max_connections()),
+            )],
+        )
     }
 }
 

@@ -31,7 +31,7 @@ use super::upstream::Upstream;
 use crate::resilience::breaker::{BreakerState, Transition, TransitionHook};
 use crate::resilience::retry::RetryStats;
 use crate::telemetry::grpc_metrics::GrpcMetrics;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, encode_gauges};
 
 /// `from` and `to` of a breaker transition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -134,23 +134,21 @@ impl Collector for UpstreamCollector {
             .flat_map(|upstream| upstream.breakers().snapshot(now))
             .collect();
 
-        let mut family = encoder.encode_descriptor(
+        encode_gauges(
+            &mut encoder,
             "flotilla_breaker_state",
             "Circuit breaker state per upstream gRPC method: 1 for the state it is in",
-            None,
-            MetricType::Gauge,
+            breakers.iter().flat_map(|breaker| {
+                BreakerState::ALL.map(|state| {
+                    let labels = StateLabels {
+                        grpc_service: breaker.service.clone(),
+                        grpc_method: breaker.method.clone(),
+                        state: state.as_str(),
+                    };
+                    (labels, i64::from(breaker.state == state))
+                })
+            }),
         )?;
-        for breaker in &breakers {
-            for state in BreakerState::ALL {
-                let labels = StateLabels {
-                    grpc_service: breaker.service.clone(),
-                    grpc_method: breaker.method.clone(),
-                    state: state.as_str(),
-                };
-                ConstGauge::new(i64::from(breaker.state == state))
-                    .encode(family.encode_family(&labels)?)?;
-            }
-        }
 
         let mut family = encoder.encode_descriptor(
             "flotilla_breaker_reject_probability",
@@ -181,19 +179,17 @@ impl Collector for UpstreamCollector {
                 }
             })
             .collect();
-        per_upstream(
+        upstream_counters(
             &mut encoder,
             "flotilla_retry_calls",
             "Calls to an upstream that the retry layer saw (each one a deposit in the budget)",
-            MetricType::Counter,
             &figures,
             |figures| figures.retries.calls,
         )?;
-        per_upstream(
+        upstream_counters(
             &mut encoder,
             "flotilla_retries",
             "Retries sent to an upstream",
-            MetricType::Counter,
             &figures,
             |figures| figures.retries.retries,
         )?;
@@ -215,21 +211,23 @@ impl Collector for UpstreamCollector {
                 ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
             }
         }
-        per_upstream(
+        encode_gauges(
             &mut encoder,
             "flotilla_discovery_instances",
             "Healthy instances of an upstream that discovery lists and the balancer holds",
-            MetricType::Gauge,
-            &figures,
-            |figures| figures.instances as u64,
+            figures.iter().map(|figures| {
+                let count = i64::try_from(figures.instances).unwrap_or(i64::MAX);
+                (upstream_labels(figures), count)
+            }),
         )?;
-        per_upstream(
+        encode_gauges(
             &mut encoder,
             "flotilla_balancer_ejected_instances",
             "Instances of an upstream sitting out after failed connections or answers",
-            MetricType::Gauge,
-            &figures,
-            |figures| figures.ejected as u64,
+            figures.iter().map(|figures| {
+                let count = i64::try_from(figures.ejected).unwrap_or(i64::MAX);
+                (upstream_labels(figures), count)
+            }),
         )?;
         Ok(())
     }
@@ -243,27 +241,24 @@ struct UpstreamFigures {
     ejected: usize,
 }
 
-/// One metric family with a sample per upstream, a counter or a gauge.
-fn per_upstream(
+/// One counter family with a sample per upstream.
+fn upstream_counters(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    metric_type: MetricType,
     figures: &[UpstreamFigures],
     value: impl Fn(&UpstreamFigures) -> u64,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for figures in figures {
-        let labels = UpstreamLabels {
-            upstream: figures.upstream.clone(),
-        };
-        let sample = family.encode_family(&labels)?;
-        match metric_type {
-            MetricType::Counter => ConstCounter::new(value(figures)).encode(sample)?,
-            _ => {
-                ConstGauge::new(i64::try_from(value(figures)).unwrap_or(i64::MAX)).encode(sample)?
-            }
-        }
+        ConstCounter::new(value(figures))
+            .encode(family.encode_family(&upstream_labels(figures))?)?;
     }
     Ok(())
+}
+
+fn upstream_labels(figures: &UpstreamFigures) -> UpstreamLabels {
+    UpstreamLabels {
+        upstream: figures.upstream.clone(),
+    }
 }

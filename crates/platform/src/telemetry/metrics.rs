@@ -59,6 +59,31 @@ pub fn latency_histogram() -> LatencyHistogram {
     LatencyHistogram::new(LATENCY_BUCKETS.into_iter())
 }
 
+/// Encodes one gauge family read at scrape time: `name` with a sample per label set, for the
+/// collectors that report figures other parts keep (a pool's size, a limit, instance counts).
+///
+/// # Errors
+/// A formatting error from the encoder.
+pub(crate) fn encode_gauges<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, i64)>,
+) -> Result<(), fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric as _;
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, value) in samples {
+        prometheus_client::metrics::gauge::ConstGauge::new(value)
+            .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// The content type of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str =
     prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

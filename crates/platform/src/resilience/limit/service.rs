@@ -8,15 +8,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::time::Instant;
 use tonic::Code;
 
 use super::{AimdLimit, LimitConfig, Outcome, Sample};
 use crate::resilience::deadline;
 use crate::resilience::watched::{Ending, OnEnd, Watched, grpc_status};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, encode_gauges};
 
 /// Services that are never limited: health checks must answer while the server sheds load, and
 /// reflection is an operator's tool for exactly such moments.
@@ -89,23 +88,18 @@ impl Collector for LimitCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let (in_flight, limit) = self.layer.current();
         let labels = [("service", self.component)];
-        for (name, help, value) in [
-            (
-                "flotilla_concurrency_limit",
-                "The adaptive concurrency limit of a server: calls over it are shed",
-                limit,
-            ),
-            (
-                "flotilla_concurrency_in_flight",
-                "Calls a server is handling under its concurrency limit",
-                in_flight,
-            ),
-        ] {
-            let gauge = ConstGauge::new(i64::from(value));
-            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            gauge.encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+        encode_gauges(
+            &mut encoder,
+            "flotilla_concurrency_limit",
+            "The adaptive concurrency limit of a server: calls over it are shed",
+            [(labels, i64::from(limit))],
+        )?;
+        encode_gauges(
+            &mut encoder,
+            "flotilla_concurrency_in_flight",
+            "Calls a server is handling under its concurrency limit",
+            [(labels, i64::from(in_flight))],
+        )
     }
 }
 
