@@ -4,8 +4,6 @@
 //! call) and [`process`] (CPU, memory, file descriptors).
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{ConfigError, Settings};
 
@@ -66,44 +64,10 @@ impl LogConfig {
 /// is ignored.
 pub fn init(config: &LogConfig, traces: Option<&traces::Traces>) {
     use opentelemetry::trace::TracerProvider as _;
-    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
 
-    // The request spans (`grpc_spans`, `http_spans`, `Database::span`, all under TRACE_TARGET)
-    // are for traces, not for log lines, which carry their ids instead: the log layer ignoring
-    // them means that, with no exporter, nobody records them and a call pays nothing for them
-    // (formatting every span's fields cost a quarter of a GetProduct call).
-    let filter = EnvFilter::try_new(format!("{},{TRACE_TARGET}=off", config.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let log_layer = match config.format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_writer(std::io::stderr)
-            .map_event_format(log_ids::WithTraceIds::json)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .map_event_format(log_ids::WithTraceIds::text)
-            .with_filter(filter)
-            .boxed(),
-    };
-    // Spans are traced at info whatever RUST_LOG says of log lines: quieting the logs must not
-    // cut the traces.
-    let trace_layer = traces.map(|traces| {
-        tracing_opentelemetry::layer()
-            .with_tracer(traces.provider().tracer("flotilla"))
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-    });
-    let result = tracing_subscriber::registry()
-        .with(trace_layer)
-        .with(log_layer)
-        .try_init();
+    let tracer = traces.map(|traces| traces.provider().tracer("flotilla"));
+    let result = subscriber::dispatch(config, std::io::stderr, tracer).try_init();
     // A subscriber already installed (a test harness) is fine.
     drop(result);
 }
@@ -127,4 +91,5 @@ mod log_ids;
 pub mod metrics;
 mod otlp_http;
 pub mod process;
+mod subscriber;
 pub mod traces;
