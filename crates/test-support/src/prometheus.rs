@@ -4,6 +4,7 @@
 //! its series within a few seconds.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,19 @@ impl Prometheus {
     /// # Panics
     /// When Prometheus does not come up within its patience.
     pub async fn start(job: &str, targets: &[SocketAddr]) -> Option<Self> {
+        Self::start_with_rules(job, targets, &[]).await
+    }
+
+    /// [`Prometheus::start`], also loading the alerting and recording rules in `rule_files` and
+    /// evaluating them every second.
+    ///
+    /// # Panics
+    /// When Prometheus does not come up within its patience, or refuses a rule file.
+    pub async fn start_with_rules(
+        job: &str,
+        targets: &[SocketAddr],
+        rule_files: &[&Path],
+    ) -> Option<Self> {
         if Command::new("prometheus")
             .arg("--version")
             .stdout(Stdio::null())
@@ -50,9 +64,15 @@ impl Prometheus {
             .expect("an HTTP client for Prometheus' API");
         let dir = tempfile::tempdir().expect("a directory for Prometheus");
         let targets: Vec<String> = targets.iter().map(|addr| format!("'{addr}'")).collect();
+        let rule_files: Vec<String> = rule_files
+            .iter()
+            .map(|file| format!("'{}'", file.display()))
+            .collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files: [{}]\n\
              scrape_configs:\n  - job_name: '{job}'\n    static_configs:\n      - targets: [{}]\n",
+            rule_files.join(", "),
             targets.join(", ")
         );
         let config_file = dir.path().join("prometheus.yml");
@@ -122,6 +142,42 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// Every loaded rule, as `/api/v1/rules` describes it: its `name`, `query`, `health` (`ok`
+    /// once evaluated without error) and `lastError`.
+    ///
+    /// # Panics
+    /// When Prometheus does not answer.
+    pub async fn rules(&self) -> Vec<serde_json::Value> {
+        let answer: serde_json::Value = self
+            .http
+            .get(format!("http://{}/api/v1/rules", self.addr))
+            .send()
+            .await
+            .expect("Prometheus answers")
+            .json()
+            .await
+            .expect("Prometheus answers JSON");
+        assert_eq!(answer["status"], "success", "rules: {answer}");
+        answer["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|group| group["rules"].as_array())
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Polls [`Prometheus::rules`] every half second until `accept` holds, for at most `patience`;
+    /// returns the last answer either way.
+    pub async fn rules_until(
+        &self,
+        patience: Duration,
+        accept: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        poll(patience, || self.rules(), accept).await
+    }
+
     /// Polls `expression` every half second until `accept` holds for its result, for at most
     /// `patience`; returns the last result either way.
     pub async fn query_until(
@@ -130,14 +186,27 @@ impl Prometheus {
         patience: Duration,
         accept: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let result = self.query(expression).await;
-            if accept(&result) || Instant::now() > deadline {
-                return result;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        poll(patience, || self.query(expression), accept).await
+    }
+}
+
+/// Asks `ask` every half second until `accept` holds for its answer, for at most `patience`;
+/// returns the last answer either way.
+async fn poll<F>(
+    patience: Duration,
+    ask: impl Fn() -> F,
+    accept: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value>
+where
+    F: std::future::Future<Output = Vec<serde_json::Value>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        let answer = ask().await;
+        if accept(&answer) || Instant::now() > deadline {
+            return answer;
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

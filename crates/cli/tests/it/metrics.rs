@@ -3,6 +3,8 @@
 //! the process (CPU and memory, the calls it makes, breakers, retries, instances), so a Prometheus
 //! scraping every listener counts nothing twice.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use test_support::prometheus::{Prometheus, value_of};
@@ -151,7 +153,9 @@ async fn every_component_serves_its_own_metrics_and_the_process_counts_once() ->
 }
 
 /// Prometheus itself, scraping every admin listener of a running `flotilla up`: the series are
-/// there by service, each request counted once, and the latency histogram answers a quantile.
+/// there by service, each request counted once, and the latency histogram answers a quantile. With
+/// deploy/alerts.yml loaded, every alert evaluates, and every query of the Grafana dashboard parses
+/// and shows data; both name only metrics Flotilla serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_listener_and_counts_each_request_once() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -160,7 +164,9 @@ async fn prometheus_scrapes_every_listener_and_counts_each_request_once() -> Tes
         .into_iter()
         .map(|component| flotilla.addr(component, "admin"))
         .collect();
-    let Some(prometheus) = Prometheus::start("flotilla", &targets).await else {
+    let alerts = deploy_file("alerts.yml");
+    let Some(prometheus) = Prometheus::start_with_rules("flotilla", &targets, &[&alerts]).await
+    else {
         return Ok(());
     };
     let gateway = flotilla.addr("gateway", "http");
@@ -246,14 +252,246 @@ async fn prometheus_scrapes_every_listener_and_counts_each_request_once() -> Tes
                 .is_some_and(|seconds| seconds.is_finite() && seconds > 0.0)
         })
         .await;
-    load.abort();
     let seconds = quantile.first().and_then(value_of).ok_or("no quantile")?;
     assert!(
         seconds.is_finite() && seconds > 0.0 && seconds <= 10.0,
         "p99 {seconds}"
     );
 
+    // deploy/: what the dashboard and the alerts ask for, Flotilla serves.
+    let mut served = BTreeSet::from(["up".to_owned()]);
+    for target in &targets {
+        served.extend(metric_families(&scrape(*target).await?));
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        deploy_file("grafana/dashboards/flotilla.json"),
+    )?)?;
+    let panels = dashboard_queries(&dashboard);
+    assert!(panels.len() >= 10, "{panels:?}");
+    for (title, query) in &panels {
+        let unknown: Vec<_> = metric_names(query).difference(&served).cloned().collect();
+        assert!(
+            unknown.is_empty(),
+            "panel {title:?} reads {unknown:?}, which Flotilla does not serve"
+        );
+        // Under load, every panel has something to show (gauges at 0 included).
+        let result = prometheus
+            .query_until(query, PATIENCE, |result| !result.is_empty())
+            .await;
+        assert!(!result.is_empty(), "panel {title:?} shows nothing: {query}");
+    }
+    load.abort();
+    let rules = prometheus
+        .rules_until(PATIENCE, |rules| {
+            rules.iter().all(|rule| rule["health"] == "ok")
+        })
+        .await;
+    assert!(rules.len() >= 5, "{rules:?}");
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule}");
+        let query = rule["query"].as_str().unwrap_or_default();
+        let unknown: Vec<_> = metric_names(query).difference(&served).cloned().collect();
+        assert!(
+            unknown.is_empty(),
+            "alert {} reads {unknown:?}, which Flotilla does not serve",
+            rule["name"]
+        );
+    }
+
     drop(prometheus);
     flotilla.stop().await;
     Ok(())
+}
+
+/// A file of the repository's `deploy/` directory.
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(name)
+}
+
+/// Every PromQL query of a Grafana dashboard, with the panel's title, its variables given values
+/// (`$service` all, `$__rate_interval` a minute); the query of a `label_values(metric, label)`
+/// variable becomes `metric`.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(query) = target["expr"].as_str() {
+                let query = query
+                    .replace("$__rate_interval", "1m")
+                    .replace("$service", ".*");
+                queries.push((
+                    panel["title"].as_str().unwrap_or_default().to_owned(),
+                    query,
+                ));
+            }
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(metric) = variable["definition"]
+            .as_str()
+            .and_then(|definition| definition.strip_prefix("label_values("))
+            .and_then(|rest| rest.split(',').next())
+        {
+            let title = format!("variable {}", variable["name"]);
+            queries.push((title, metric.trim().to_owned()));
+        }
+    }
+    queries
+}
+
+/// The metric names a scrape declares, with the series names Prometheus makes of them (`_total`
+/// of a counter; `_bucket`, `_sum` and `_count` of a histogram), and those of its samples: a family
+/// with no series yet is declared all the same.
+fn metric_families(scraped: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scraped.lines() {
+        if let Some(declaration) = line.strip_prefix("# TYPE ") {
+            let mut words = declaration.split_whitespace();
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            names.insert(name.to_owned());
+            let suffixes: &[&str] = match kind {
+                "counter" if !name.ends_with("_total") => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["_sum", "_count"],
+                _ => &[],
+            };
+            names.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+        } else if !line.starts_with('#')
+            && let Some(name) = line
+                .split(['{', ' '])
+                .next()
+                .filter(|name| !name.is_empty())
+        {
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
+/// PromQL's aggregation operators and keywords: identifiers that are not metric names even when
+/// no parenthesis follows them.
+const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "limitk",
+    "limit_ratio",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+];
+
+/// The metric names a PromQL expression selects: identifiers outside strings, label matchers
+/// (`{…}`), ranges (`[…]`) and grouping lists (`by (…)`), that are neither a function (followed
+/// by a parenthesis) nor one of [`PROMQL_WORDS`].
+fn metric_names(query: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = query.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut index = 0;
+    let skip_to = |from: usize, close: char| {
+        let mut at = from;
+        let mut quote = None;
+        while at < chars.len() {
+            match (quote, chars[at]) {
+                (Some(_), '\\') => at += 1,
+                (Some(open), c) if c == open => quote = None,
+                (None, '"' | '\'' | '`') => quote = Some(chars[at]),
+                (None, c) if c == close => return at + 1,
+                _ => {}
+            }
+            at += 1;
+        }
+        at
+    };
+    while index < chars.len() {
+        let c = chars[index];
+        if c == '{' {
+            index = skip_to(index + 1, '}');
+        } else if c == '[' {
+            index = skip_to(index + 1, ']');
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = index;
+            while index < chars.len()
+                && (chars[index].is_ascii_alphanumeric()
+                    || chars[index] == '_'
+                    || chars[index] == ':')
+            {
+                index += 1;
+            }
+            let word: String = chars[start..index].iter().collect();
+            let mut next = index;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            let grouping = [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ];
+            if grouping.contains(&word.as_str()) && chars.get(next) == Some(&'(') {
+                index = skip_to(next + 1, ')');
+            } else if chars.get(next) != Some(&'(') && !PROMQL_WORDS.contains(&word.as_str()) {
+                names.insert(word);
+            }
+        } else if c.is_ascii_digit() {
+            // A number or a duration (`0.99`, `1e3`, `5m`): its letters are not a name.
+            while index < chars.len()
+                && (chars[index].is_ascii_alphanumeric() || chars[index] == '.')
+            {
+                index += 1;
+            }
+        } else if c == '"' || c == '\'' || c == '`' {
+            index += 1;
+            while index < chars.len() && chars[index] != c {
+                index += if chars[index] == '\\' { 2 } else { 1 };
+            }
+            index += 1;
+        } else {
+            index += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_the_selectors_only() {
+    let query = r#"histogram_quantile(0.99, sum by (grpc_service, le) (rate(a_bucket{x=~"b{c}"}[1m])))
+        / on (le) group_left (z) max without (q) (b_total offset 5m) > bool 0.5 and up"#;
+    let expected: BTreeSet<String> = ["a_bucket", "b_total", "up"].map(String::from).into();
+    assert_eq!(metric_names(query), expected);
+    let families =
+        metric_families("# TYPE grpc_requests counter\n# TYPE h histogram\ng{a=\"b\"} 1\n");
+    for name in ["grpc_requests_total", "h_bucket", "h_count", "g"] {
+        assert!(families.contains(name), "{name} in {families:?}");
+    }
 }
