@@ -125,18 +125,7 @@ impl Prometheus {
     /// # Panics
     /// When Prometheus does not answer or refuses the query.
     pub async fn query(&self, expression: &str) -> Vec<serde_json::Value> {
-        let answer: serde_json::Value = self
-            .http
-            .get(format!("http://{}/api/v1/query", self.addr))
-            .query(&[("query", expression)])
-            .send()
-            .await
-            .expect("Prometheus answers")
-            .json()
-            .await
-            .expect("Prometheus answers JSON");
-        assert_eq!(answer["status"], "success", "{expression}: {answer}");
-        answer["data"]["result"]
+        self.api("query", &[("query", expression)]).await["result"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -148,17 +137,7 @@ impl Prometheus {
     /// # Panics
     /// When Prometheus does not answer.
     pub async fn rules(&self) -> Vec<serde_json::Value> {
-        let answer: serde_json::Value = self
-            .http
-            .get(format!("http://{}/api/v1/rules", self.addr))
-            .send()
-            .await
-            .expect("Prometheus answers")
-            .json()
-            .await
-            .expect("Prometheus answers JSON");
-        assert_eq!(answer["status"], "success", "rules: {answer}");
-        answer["data"]["groups"]
+        self.api("rules", &[]).await["groups"]
             .as_array()
             .into_iter()
             .flatten()
@@ -166,6 +145,28 @@ impl Prometheus {
             .flatten()
             .cloned()
             .collect()
+    }
+
+    /// The `data` of Prometheus' answer to `GET /api/v1/{endpoint}` with `parameters`.
+    ///
+    /// # Panics
+    /// When Prometheus does not answer, or answers with an error.
+    async fn api(&self, endpoint: &str, parameters: &[(&str, &str)]) -> serde_json::Value {
+        let answer: serde_json::Value = self
+            .http
+            .get(format!("http://{}/api/v1/{endpoint}", self.addr))
+            .query(parameters)
+            .send()
+            .await
+            .expect("Prometheus answers")
+            .json()
+            .await
+            .expect("Prometheus answers JSON");
+        assert_eq!(
+            answer["status"], "success",
+            "{endpoint} {parameters:?}: {answer}"
+        );
+        answer["data"].clone()
     }
 
     /// Polls [`Prometheus::rules`] every half second until `accept` holds, for at most `patience`;

@@ -393,12 +393,6 @@ const PROMQL_WORDS: &[&str] = &[
     "group",
     "limitk",
     "limit_ratio",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "bool",
     "and",
     "or",
@@ -408,9 +402,19 @@ const PROMQL_WORDS: &[&str] = &[
     "nan",
 ];
 
+/// The keywords a list of label names follows (`by (le)`, `on (instance)`).
+const GROUPINGS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
 /// The metric names a PromQL expression selects: identifiers outside strings, label matchers
 /// (`{…}`), ranges (`[…]`) and grouping lists (`by (…)`), that are neither a function (followed
-/// by a parenthesis) nor one of [`PROMQL_WORDS`].
+/// by a parenthesis) nor one of [`PROMQL_WORDS`] or [`GROUPINGS`].
 fn metric_names(query: &str) -> BTreeSet<String> {
     let chars: Vec<char> = query.chars().collect();
     let mut names = BTreeSet::new();
@@ -450,17 +454,12 @@ fn metric_names(query: &str) -> BTreeSet<String> {
             while next < chars.len() && chars[next].is_whitespace() {
                 next += 1;
             }
-            let grouping = [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ];
-            if grouping.contains(&word.as_str()) && chars.get(next) == Some(&'(') {
-                index = skip_to(next + 1, ')');
-            } else if chars.get(next) != Some(&'(') && !PROMQL_WORDS.contains(&word.as_str()) {
+            let followed_by_list = chars.get(next) == Some(&'(');
+            if GROUPINGS.contains(&word.as_str()) {
+                if followed_by_list {
+                    index = skip_to(next + 1, ')');
+                }
+            } else if !followed_by_list && !PROMQL_WORDS.contains(&word.as_str()) {
                 names.insert(word);
             }
         } else if c.is_ascii_digit() {
