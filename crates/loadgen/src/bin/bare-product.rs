@@ -1,7 +1,7 @@
 //! `bare-product ADDR DATABASE_URL`: the product service's own tonic service (the same handler and
 //! store `flotilla serve product` runs, the demo catalogue seeded) behind a bare
-//! `tonic::transport::Server`: no auth, metrics, traces, deadlines, limits or health. The baseline
-//! of `bench/compare.sh`. Prints the bound address, then serves until SIGTERM or SIGINT.
+//! `tonic::transport::Server`: no auth, metrics, traces, logs, deadlines, limits or health. The
+//! baseline of `bench/compare.sh`. Prints the bound address, then serves until SIGTERM or SIGINT.
 
 use anyhow::Context as _;
 use platform::database::DatabaseConfig;
@@ -11,6 +11,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logging that costs nothing: with no subscriber ever set, every tracing callsite in h2, hyper
+    // and tonic would take tracing's `log` fallback on each hit, a cost no real server pays, and
+    // the baseline would be slower than the bare server it stands for.
+    tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default())
+        .context("installing the no-op subscriber")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [addr, database_url] = args.as_slice() else {
         anyhow::bail!("usage: bare-product ADDR DATABASE_URL");
