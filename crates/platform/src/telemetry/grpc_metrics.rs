@@ -15,9 +15,10 @@
 //! status), or abandoned on the way (`DeadlineExceeded` past its `grpc-timeout`, `Canceled`
 //! before).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -47,6 +48,48 @@ static KNOWN: LazyLock<IdempotentMethods> = LazyLock::new(|| {
     }
     known
 });
+
+/// The metric labels of every method in [`KNOWN`], by path, and `unknown` last: resolving a path
+/// once to an index lets a call find its metrics without hashing labels.
+struct MethodTable {
+    by_path: HashMap<&'static str, usize>,
+    labels: Vec<MethodLabels>,
+}
+
+static METHODS: LazyLock<MethodTable> = LazyLock::new(|| {
+    let mut table = MethodTable {
+        by_path: HashMap::new(),
+        labels: Vec::new(),
+    };
+    for (path, kind) in KNOWN.iter() {
+        if let Some((grpc_service, grpc_method)) =
+            path.strip_prefix('/').and_then(|rest| rest.split_once('/'))
+        {
+            table.by_path.insert(path, table.labels.len());
+            table.labels.push(MethodLabels {
+                grpc_service,
+                grpc_method,
+                grpc_type: kind.grpc_type,
+            });
+        }
+    }
+    table.labels.push(MethodLabels {
+        grpc_service: "unknown",
+        grpc_method: "unknown",
+        grpc_type: "unknown",
+    });
+    table
+});
+
+/// The index in [`METHODS`] of the method at `path`; the last one (`unknown`) for a path outside
+/// the known protos.
+fn method_index(path: &str) -> usize {
+    METHODS
+        .by_path
+        .get(path)
+        .copied()
+        .unwrap_or(METHODS.labels.len() - 1)
+}
 
 /// `grpc_service`, `grpc_method` and `grpc_type`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -89,6 +132,36 @@ struct Families {
     handling: LatencyFamily,
     /// `grpc_requests_total` and the component it is labelled with; servers only.
     requests: Option<(&'static str, Family<RequestLabels, Counter>)>,
+    /// Each method's series out of the families above, taken on its first call ([`method_index`]
+    /// order). A series handle shares its value with the family, which still encodes it.
+    methods: Box<[OnceLock<MethodMetrics>]>,
+}
+
+/// The number of gRPC status codes (`OK` is 0, `UNAUTHENTICATED` 16).
+const CODES: usize = 17;
+
+/// One method's series.
+#[derive(Debug)]
+struct MethodMetrics {
+    started: Counter,
+    handling: LatencyHistogram,
+    /// `grpc_*_handled_total` by code, each taken when first needed.
+    handled: [OnceLock<Counter>; CODES],
+    /// `grpc_requests_total` by code (servers only).
+    requests: [OnceLock<Counter>; CODES],
+}
+
+impl Families {
+    fn method(&self, index: usize) -> Option<&MethodMetrics> {
+        let labels = METHODS.labels.get(index)?;
+        let method = self.methods.get(index)?.get_or_init(|| MethodMetrics {
+            started: self.started.get_or_create(labels).clone(),
+            handling: self.handling.get_or_create(labels).clone(),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        });
+        Some(method)
+    }
 }
 
 impl GrpcMetrics {
@@ -119,6 +192,7 @@ impl GrpcMetrics {
             handled: Family::default(),
             handling: Family::new_with_constructor(latency_histogram),
             requests,
+            methods: METHODS.labels.iter().map(|_| OnceLock::new()).collect(),
         };
         metrics.register(
             &format!("grpc_{side}_started"),
@@ -141,24 +215,16 @@ impl GrpcMetrics {
     }
 
     fn start(&self, path: &str) -> Call {
-        let labels = method_labels(path);
-        self.inner.started.get_or_create(&labels).inc();
+        let method = method_index(path);
+        if let Some(metrics) = self.inner.method(method) {
+            metrics.started.inc();
+        }
         Call {
             metrics: Arc::clone(&self.inner),
-            labels,
+            method,
             started: Instant::now(),
             exemplar: TraceExemplar::current(),
         }
-    }
-}
-
-/// The labels of the method at `path`, or `unknown` for a path outside the known protos.
-fn method_labels(path: &str) -> MethodLabels {
-    let (grpc_service, grpc_method, grpc_type) = known_method(path);
-    MethodLabels {
-        grpc_service,
-        grpc_method,
-        grpc_type,
     }
 }
 
@@ -170,13 +236,12 @@ pub(crate) fn method_names(path: &str) -> (&'static str, &'static str) {
 }
 
 fn known_method(path: &str) -> (&'static str, &'static str, &'static str) {
-    KNOWN
-        .get_with_path(path)
-        .and_then(|(known, kind)| {
-            let (service, method) = known.strip_prefix('/')?.split_once('/')?;
-            Some((service, method, kind.grpc_type))
+    METHODS
+        .labels
+        .get(method_index(path))
+        .map_or(("unknown", "unknown", "unknown"), |labels| {
+            (labels.grpc_service, labels.grpc_method, labels.grpc_type)
         })
-        .unwrap_or(("unknown", "unknown", "unknown"))
 }
 
 /// Counts and times every call through it in a [`GrpcMetrics`].
@@ -294,7 +359,8 @@ impl ErrorCode for std::convert::Infallible {
 #[derive(Debug)]
 struct Call {
     metrics: Arc<Families>,
-    labels: MethodLabels,
+    /// Its method's index in [`METHODS`].
+    method: usize,
     started: Instant,
     /// Taken at the start, inside the call's span (the answer may end outside it).
     exemplar: Option<TraceExemplar>,
@@ -305,33 +371,45 @@ impl Call {
         let seconds = self.started.elapsed().as_secs_f64();
         let Self {
             metrics,
-            labels,
+            method,
             exemplar,
             ..
         } = self;
+        let (Some(labels), Some(series)) = (METHODS.labels.get(method), metrics.method(method))
+        else {
+            return;
+        };
+        let by_code = code as usize;
         if let Some((component, requests)) = &metrics.requests {
-            requests
-                .get_or_create(&RequestLabels {
-                    service: component,
-                    method: labels.grpc_method,
-                    code: canonical_name(code),
-                })
-                .inc();
+            let labels = RequestLabels {
+                service: component,
+                method: labels.grpc_method,
+                code: canonical_name(code),
+            };
+            increment(series.requests.get(by_code), requests, &labels);
         }
-        metrics
-            .handled
-            .get_or_create(&HandledLabels {
-                grpc_service: labels.grpc_service,
-                grpc_method: labels.grpc_method,
-                grpc_type: labels.grpc_type,
-                grpc_code: go_name(code),
-            })
-            .inc();
-        metrics
-            .handling
-            .get_or_create(&labels)
-            .observe(seconds, exemplar, None);
+        let handled = HandledLabels {
+            grpc_service: labels.grpc_service,
+            grpc_method: labels.grpc_method,
+            grpc_type: labels.grpc_type,
+            grpc_code: go_name(code),
+        };
+        increment(series.handled.get(by_code), &metrics.handled, &handled);
+        series.handling.observe(seconds, exemplar, None);
     }
+}
+
+/// Adds one to `family`'s series for `labels`, through `cached` when the call has a place for it.
+fn increment<L>(cached: Option<&OnceLock<Counter>>, family: &Family<L, Counter>, labels: &L)
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    match cached {
+        Some(cached) => cached
+            .get_or_init(|| family.get_or_create(labels).clone())
+            .inc(),
+        None => family.get_or_create(labels).inc(),
+    };
 }
 
 /// The code's name in gRPC's own documentation (`NOT_FOUND`).

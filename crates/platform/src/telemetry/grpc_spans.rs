@@ -115,7 +115,10 @@ where
         // Health checks (a registry asks every few seconds) and reflection are not traced: they
         // would bury the traces of real requests. A span no layer records (no exporter, quiet
         // logs) has nothing to continue, send or settle.
-        let span = (!is_plumbing(request.uri().path()))
+        // `enabled!` first: naming the span costs a method lookup and an authority parse.
+        let traced = !is_plumbing(request.uri().path())
+            && tracing::enabled!(target: crate::telemetry::TRACE_TARGET, tracing::Level::INFO);
+        let span = traced
             .then(|| call_span(side, &request, self.layer.target.as_deref()))
             .filter(|span| !span.is_disabled());
         let Some(span) = span else {

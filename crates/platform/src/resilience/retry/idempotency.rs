@@ -97,6 +97,13 @@ impl IdempotentMethods {
             .map(|(path, kind)| (path.as_str(), *kind))
     }
 
+    /// Every method it knows, by path, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, MethodKind)> {
+        self.methods
+            .iter()
+            .map(|(path, kind)| (path.as_str(), *kind))
+    }
+
     /// How many methods it knows.
     pub fn len(&self) -> usize {
         self.methods.len()
