@@ -89,14 +89,6 @@ impl IdempotentMethods {
         self.methods.get(path).copied()
     }
 
-    /// The same, with the path as this set holds it: borrowed for as long as the set, so a set
-    /// that lives for the whole process lends `'static` names (metric labels).
-    pub fn get_with_path(&self, path: &str) -> Option<(&str, MethodKind)> {
-        self.methods
-            .get_key_value(path)
-            .map(|(path, kind)| (path.as_str(), *kind))
-    }
-
     /// Every method it knows, by path, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, MethodKind)> {
         self.methods
