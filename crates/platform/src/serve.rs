@@ -388,6 +388,14 @@ fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Build
 /// The standard health service's name, as clients ask for it.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
+/// Whether `path` is a health check or reflection call rather than a service's own. Such calls
+/// are never limited (health must answer while the server sheds load, and reflection is an
+/// operator's tool for exactly such moments) and never traced (a registry's checks every few
+/// seconds would bury the traces of real requests).
+pub(crate) fn is_plumbing(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
 /// Ends every health `Watch` stream once it has delivered NOT_SERVING: a watch is a call that never
 /// finishes by itself, and left open it would hold the drain until its timeout on every shutdown.
 async fn end_health_watches(

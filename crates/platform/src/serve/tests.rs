@@ -422,3 +422,17 @@ async fn over_the_limit_a_call_is_shed_at_once_with_pushback_and_health_answers(
     running.shutdown().await?;
     Ok(())
 }
+
+#[test]
+fn health_and_reflection_are_plumbing_and_services_are_not() {
+    assert!(is_plumbing("/grpc.health.v1.Health/Check"));
+    assert!(is_plumbing(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    ));
+    assert!(is_plumbing(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    ));
+    assert!(!is_plumbing(
+        "/flotilla.product.v1.ProductService/GetProduct"
+    ));
+}

@@ -26,6 +26,7 @@ use tracing::field::Empty;
 use super::call_end::{CallEnd, watch};
 use super::context;
 use super::grpc_metrics::{ErrorCode, method_names};
+use crate::serve::is_plumbing;
 
 /// Which side of a call a span is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,11 +160,6 @@ fn claimed<E>(
     }
 }
 
-/// Whether `path` is a health check or reflection call rather than a service's own.
-fn is_plumbing(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
-}
-
 /// The span of one call, before it starts.
 fn call_span<B>(side: Side, request: &http::Request<B>, target: Option<&str>) -> tracing::Span {
     let (service, method) = method_names(request.uri().path());
@@ -245,19 +241,5 @@ mod tests {
             assert!(is_error(Side::Client, code), "{code:?}");
         }
         assert!(!is_error(Side::Server, Code::Ok) && !is_error(Side::Client, Code::Ok));
-    }
-
-    #[test]
-    fn health_and_reflection_are_plumbing_and_services_are_not() {
-        assert!(is_plumbing("/grpc.health.v1.Health/Check"));
-        assert!(is_plumbing(
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-        ));
-        assert!(is_plumbing(
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-        ));
-        assert!(!is_plumbing(
-            "/flotilla.product.v1.ProductService/GetProduct"
-        ));
     }
 }

@@ -17,10 +17,6 @@ use crate::resilience::deadline;
 use crate::resilience::watched::{Ending, OnEnd, Watched, grpc_status};
 use crate::telemetry::metrics::{Metrics, encode_gauges};
 
-/// Services that are never limited: health checks must answer while the server sheds load, and
-/// reflection is an operator's tool for exactly such moments.
-const EXEMPT_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
-
 /// The wait a shed call's answer asks for, in gRPC's server-pushback metadata
 /// ([`PUSHBACK_METADATA`]). Short on purpose: a slot frees as soon as one call in flight finishes,
 /// which for Flotilla's calls is tens of milliseconds, and a caller retrying (on another instance,
@@ -145,11 +141,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        if EXEMPT_PREFIXES
-            .iter()
-            .any(|prefix| path.starts_with(prefix))
-        {
+        if crate::serve::is_plumbing(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
         // Admission happens here, not in the future, so the count is right the moment a call is
