@@ -76,6 +76,13 @@ pub fn init(config: &LogConfig, traces: Option<&traces::Traces>) {
 /// OpenTelemetry layer, left out of log lines.
 pub const TRACE_TARGET: &str = "flotilla::trace";
 
+/// Whether request spans are recorded at all: false with no exporter, where the log layer turns
+/// [`TRACE_TARGET`] off. The span layers ask it first, since naming a span (a route copied, a
+/// method looked up, a `traceparent` read) costs even when the span is then disabled.
+pub(crate) fn request_spans_on() -> bool {
+    tracing::enabled!(target: TRACE_TARGET, tracing::Level::INFO)
+}
+
 /// Installs logging alone, with no trace export: [`init`] without traces.
 pub fn init_logging(config: &LogConfig) {
     init(config, None);

@@ -116,9 +116,7 @@ where
         // Health checks (a registry asks every few seconds) and reflection are not traced: they
         // would bury the traces of real requests. A span no layer records (no exporter, quiet
         // logs) has nothing to continue, send or settle.
-        // `enabled!` first: naming the span costs a method lookup and an authority parse.
-        let traced = !is_plumbing(request.uri().path())
-            && tracing::enabled!(target: crate::telemetry::TRACE_TARGET, tracing::Level::INFO);
+        let traced = !is_plumbing(request.uri().path()) && crate::telemetry::request_spans_on();
         let span = traced
             .then(|| call_span(side, &request, self.layer.target.as_deref()))
             .filter(|span| !span.is_disabled());

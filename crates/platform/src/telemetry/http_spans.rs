@@ -76,7 +76,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let component = self.layer.component;
-        if self.layer.untraced.contains(&request.uri().path()) {
+        if !crate::telemetry::request_spans_on()
+            || self.layer.untraced.contains(&request.uri().path())
+        {
             let response = self.inner.call(request);
             return Box::pin(context::in_component(component, response));
         }

@@ -12,8 +12,8 @@
 //! | `OTEL_SDK_DISABLED` | `true` turns tracing off |
 //!
 //! Spans are batched by the SDK's batch processor, on a thread of its own, and flushed at shutdown
-//! ([`Traces::shutdown`]). With no endpoint the OpenTelemetry layer is not installed at all: spans
-//! are still made (for log lines) but nothing is recorded or sent. The resource also takes
+//! ([`Traces::shutdown`]). With no endpoint the OpenTelemetry layer is not installed at all, and
+//! the request spans are not even made (`telemetry::request_spans_on`). The resource also takes
 //! `OTEL_RESOURCE_ATTRIBUTES`, as every SDK does.
 //!
 //! Several components in one process (`flotilla up`) export under their own `service.name`, so
