@@ -43,6 +43,7 @@ pub struct Upstream {
     stack: GrpcSpans<GrpcMetricsService<Breakers<Retry<Balanced>>>>,
     balanced: Balanced,
     breakers: Arc<BreakerRegistry>,
+    retries: RetryLayer,
 }
 
 impl Upstream {
@@ -64,6 +65,7 @@ impl Upstream {
             stack,
             balanced,
             breakers,
+            retries,
         }
     }
 
@@ -84,7 +86,7 @@ impl Upstream {
 
     /// What the retry layer has done so far.
     pub fn retry_stats(&self) -> RetryStats {
-        self.stack.get_ref().get_ref().inner().stats()
+        self.retries.stats()
     }
 }
 

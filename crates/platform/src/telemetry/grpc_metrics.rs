@@ -275,13 +275,6 @@ pub struct GrpcMetricsService<S> {
     metrics: GrpcMetrics,
 }
 
-impl<S> GrpcMetricsService<S> {
-    /// The service it measures.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
 /// The future of a call through [`GrpcMetricsService`].
 pub type GrpcMetricsFuture<E> =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send + 'static>>;

@@ -83,13 +83,6 @@ pub struct GrpcSpans<S> {
     layer: GrpcSpanLayer,
 }
 
-impl<S> GrpcSpans<S> {
-    /// The service it traces.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
 /// The future of a call through [`GrpcSpans`].
 pub type GrpcSpansFuture<E> =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send + 'static>>;
