@@ -143,24 +143,29 @@ const CODES: usize = 17;
 /// One method's series.
 #[derive(Debug)]
 struct MethodMetrics {
+    labels: MethodLabels,
     started: Counter,
     handling: LatencyHistogram,
-    /// `grpc_*_handled_total` by code, each taken when first needed.
+    /// `grpc_*_handled_total` by code (`code as usize`, every code below [`CODES`]), each taken
+    /// when first needed.
     handled: [OnceLock<Counter>; CODES],
     /// `grpc_requests_total` by code (servers only).
     requests: [OnceLock<Counter>; CODES],
 }
 
 impl Families {
-    fn method(&self, index: usize) -> Option<&MethodMetrics> {
-        let labels = METHODS.labels.get(index)?;
-        let method = self.methods.get(index)?.get_or_init(|| MethodMetrics {
-            started: self.started.get_or_create(labels).clone(),
-            handling: self.handling.get_or_create(labels).clone(),
-            handled: std::array::from_fn(|_| OnceLock::new()),
-            requests: std::array::from_fn(|_| OnceLock::new()),
-        });
-        Some(method)
+    /// The series of the method at `index`, which [`method_index`] gave: always in range.
+    fn method(&self, index: usize) -> &MethodMetrics {
+        self.methods[index].get_or_init(|| {
+            let labels = METHODS.labels[index].clone();
+            MethodMetrics {
+                started: self.started.get_or_create(&labels).clone(),
+                handling: self.handling.get_or_create(&labels).clone(),
+                labels,
+                handled: std::array::from_fn(|_| OnceLock::new()),
+                requests: std::array::from_fn(|_| OnceLock::new()),
+            }
+        })
     }
 }
 
@@ -216,9 +221,7 @@ impl GrpcMetrics {
 
     fn start(&self, path: &str) -> Call {
         let method = method_index(path);
-        if let Some(metrics) = self.inner.method(method) {
-            metrics.started.inc();
-        }
+        self.inner.method(method).started.inc();
         Call {
             metrics: Arc::clone(&self.inner),
             method,
@@ -231,17 +234,8 @@ impl GrpcMetrics {
 /// The service and method at `path` (`flotilla.product.v1.ProductService`, `GetProduct`), or
 /// `unknown` twice for a path outside the known protos: names a client cannot multiply.
 pub(crate) fn method_names(path: &str) -> (&'static str, &'static str) {
-    let (service, method, _) = known_method(path);
-    (service, method)
-}
-
-fn known_method(path: &str) -> (&'static str, &'static str, &'static str) {
-    METHODS
-        .labels
-        .get(method_index(path))
-        .map_or(("unknown", "unknown", "unknown"), |labels| {
-            (labels.grpc_service, labels.grpc_method, labels.grpc_type)
-        })
+    let labels = &METHODS.labels[method_index(path)];
+    (labels.grpc_service, labels.grpc_method)
 }
 
 /// Counts and times every call through it in a [`GrpcMetrics`].
@@ -368,41 +362,33 @@ impl Call {
             exemplar,
             ..
         } = self;
-        let (Some(labels), Some(series)) = (METHODS.labels.get(method), metrics.method(method))
-        else {
-            return;
-        };
-        let by_code = code as usize;
+        let series = metrics.method(method);
+        let labels = &series.labels;
         if let Some((component, requests)) = &metrics.requests {
-            let labels = RequestLabels {
-                service: component,
-                method: labels.grpc_method,
-                code: canonical_name(code),
-            };
-            increment(series.requests.get(by_code), requests, &labels);
+            series.requests[code as usize]
+                .get_or_init(|| {
+                    let labels = RequestLabels {
+                        service: component,
+                        method: labels.grpc_method,
+                        code: canonical_name(code),
+                    };
+                    requests.get_or_create(&labels).clone()
+                })
+                .inc();
         }
-        let handled = HandledLabels {
-            grpc_service: labels.grpc_service,
-            grpc_method: labels.grpc_method,
-            grpc_type: labels.grpc_type,
-            grpc_code: go_name(code),
-        };
-        increment(series.handled.get(by_code), &metrics.handled, &handled);
+        series.handled[code as usize]
+            .get_or_init(|| {
+                let labels = HandledLabels {
+                    grpc_service: labels.grpc_service,
+                    grpc_method: labels.grpc_method,
+                    grpc_type: labels.grpc_type,
+                    grpc_code: go_name(code),
+                };
+                metrics.handled.get_or_create(&labels).clone()
+            })
+            .inc();
         series.handling.observe(seconds, exemplar, None);
     }
-}
-
-/// Adds one to `family`'s series for `labels`, through `cached` when the call has a place for it.
-fn increment<L>(cached: Option<&OnceLock<Counter>>, family: &Family<L, Counter>, labels: &L)
-where
-    L: Clone + std::hash::Hash + Eq,
-{
-    match cached {
-        Some(cached) => cached
-            .get_or_init(|| family.get_or_create(labels).clone())
-            .inc(),
-        None => family.get_or_create(labels).inc(),
-    };
 }
 
 /// The code's name in gRPC's own documentation (`NOT_FOUND`).
