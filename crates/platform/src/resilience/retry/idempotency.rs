@@ -13,13 +13,18 @@ use prost_types::method_options::IdempotencyLevel;
 /// What the retry layer (and the gRPC metrics) need to know about one method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodKind {
-    /// Neither side streams: the request is one message, which can be buffered and sent again.
-    pub unary: bool,
     /// Marked `NO_SIDE_EFFECTS` or `IDEMPOTENT`.
     pub idempotent: bool,
     /// `unary`, `client_stream`, `server_stream` or `bidi_stream`: the `grpc_type` label of
     /// go-grpc-prometheus' metrics.
     pub grpc_type: &'static str,
+}
+
+impl MethodKind {
+    /// Neither side streams: the request is one message, which can be buffered and sent again.
+    pub fn unary(&self) -> bool {
+        self.grpc_type == "unary"
+    }
 }
 
 /// The methods of a set of protos by gRPC path (`/package.Service/Method`). Paths it does not
@@ -73,7 +78,6 @@ impl IdempotentMethods {
                         (true, true) => "bidi_stream",
                     };
                     let kind = MethodKind {
-                        unary: grpc_type == "unary",
                         idempotent,
                         grpc_type,
                     };

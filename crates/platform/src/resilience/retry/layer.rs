@@ -148,7 +148,7 @@ where
             .shared
             .methods
             .get(request.uri().path())
-            .filter(|kind| kind.unary)
+            .filter(MethodKind::unary)
         else {
             return Box::pin(self.inner.call(request));
         };

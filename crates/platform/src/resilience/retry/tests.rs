@@ -738,12 +738,10 @@ fn flotilla_methods_are_known_with_their_idempotency() -> TestResult {
     let methods = IdempotentMethods::flotilla()?;
     let kind = |path: &str| methods.get(path);
     let idempotent = Some(MethodKind {
-        unary: true,
         idempotent: true,
         grpc_type: "unary",
     });
     let not_idempotent = Some(MethodKind {
-        unary: true,
         idempotent: false,
         grpc_type: "unary",
     });
@@ -781,7 +779,7 @@ fn streaming_methods_are_not_unary_and_garbage_is_refused() -> TestResult {
     assert_eq!(methods.len(), 3);
     for path in [UPLOAD, WATCH] {
         let kind = methods.get(path).ok_or("not known")?;
-        assert!(!kind.unary && kind.idempotent, "{path}: {kind:?}");
+        assert!(!kind.unary() && kind.idempotent, "{path}: {kind:?}");
     }
     assert_eq!(
         methods.get(UPLOAD).map(|kind| kind.grpc_type),
@@ -792,7 +790,7 @@ fn streaming_methods_are_not_unary_and_garbage_is_refused() -> TestResult {
         Some("server_stream")
     );
     assert_eq!(
-        methods.get("/test.v1.Files/Stat").map(|kind| kind.unary),
+        methods.get("/test.v1.Files/Stat").map(|kind| kind.unary()),
         Some(true)
     );
     assert!(IdempotentMethods::from_descriptor_set(b"\xff\xff\xff").is_err());
