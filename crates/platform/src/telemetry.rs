@@ -1,7 +1,9 @@
 //! Logging: `tracing` with JSON lines by default (what log pipelines parse) or human-readable text
-//! (`FLOTILLA_LOG_FORMAT=text`), filtered by `RUST_LOG` (default `info`); and Prometheus metrics:
-//! [`metrics`] (the registry and `/metrics`), [`grpc_metrics`] (per gRPC method, both sides of a
-//! call) and [`process`] (CPU, memory, file descriptors).
+//! (`FLOTILLA_LOG_FORMAT=text`), filtered by `RUST_LOG` (default `info`); traces: [`traces`] (the
+//! OTLP pipeline), the request spans ([`grpc_spans`], [`http_spans`]) and [`context`] (W3C
+//! propagation); and Prometheus metrics: [`metrics`] (the registry and `/metrics`),
+//! [`grpc_metrics`] (per gRPC method, both sides of a call), [`http_metrics`] and [`process`]
+//! (CPU, memory, file descriptors).
 
 use tracing_subscriber::EnvFilter;
 
@@ -81,11 +83,6 @@ pub const TRACE_TARGET: &str = "flotilla::trace";
 /// method looked up, a `traceparent` read) costs even when the span is then disabled.
 pub(crate) fn request_spans_on() -> bool {
     tracing::enabled!(target: TRACE_TARGET, tracing::Level::INFO)
-}
-
-/// Installs logging alone, with no trace export: [`init`] without traces.
-pub fn init_logging(config: &LogConfig) {
-    init(config, None);
 }
 
 mod call_end;

@@ -25,26 +25,14 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `/metrics` of every target each second under the job `job`, and
-    /// waits until it is ready; `None` (after a loud message) when the binary is missing and
-    /// external parts are not required.
-    ///
-    /// # Panics
-    /// When Prometheus does not come up within its patience.
-    pub async fn start(job: &str, targets: &[SocketAddr]) -> Option<Self> {
-        Self::start_with_rules(job, targets, &[]).await
-    }
-
-    /// [`Prometheus::start`], also loading the alerting and recording rules in `rule_files` and
-    /// evaluating them every second.
+    /// Starts Prometheus scraping `/metrics` of every target each second under the job `job`,
+    /// with the alerting and recording rules in `rule_files` evaluated every second, and waits
+    /// until it is ready; `None` (after a loud message) when the binary is missing and external
+    /// parts are not required.
     ///
     /// # Panics
     /// When Prometheus does not come up within its patience, or refuses a rule file.
-    pub async fn start_with_rules(
-        job: &str,
-        targets: &[SocketAddr],
-        rule_files: &[&Path],
-    ) -> Option<Self> {
+    pub async fn start(job: &str, targets: &[SocketAddr], rule_files: &[&Path]) -> Option<Self> {
         if Command::new("prometheus")
             .arg("--version")
             .stdout(Stdio::null())

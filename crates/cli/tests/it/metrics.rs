@@ -165,8 +165,7 @@ async fn prometheus_scrapes_every_listener_and_counts_each_request_once() -> Tes
         .map(|component| flotilla.addr(component, "admin"))
         .collect();
     let alerts = deploy_file("alerts.yml");
-    let Some(prometheus) = Prometheus::start_with_rules("flotilla", &targets, &[&alerts]).await
-    else {
+    let Some(prometheus) = Prometheus::start("flotilla", &targets, &[&alerts]).await else {
         return Ok(());
     };
     let gateway = flotilla.addr("gateway", "http");
