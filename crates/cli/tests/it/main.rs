@@ -109,21 +109,28 @@ fn install_crypto_provider() {
 
 /// The Prometheus text an admin listener serves at `/metrics`.
 async fn scrape(admin: SocketAddr) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let response = http_client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await?
-        .error_for_status()?;
+    scrape_as(admin, None, "text/plain; version=0.0.4").await
+}
+
+/// What an admin listener serves at `/metrics` for `accept` (none sent when `None`), checked to be
+/// a success of a content type starting with `expected_type`.
+async fn scrape_as(
+    admin: SocketAddr,
+    accept: Option<&str>,
+    expected_type: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let mut request = http_client().get(format!("http://{admin}/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await?.error_for_status()?;
     let content_type = response
         .headers()
         .get("content-type")
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
+    assert!(content_type.starts_with(expected_type), "{content_type}");
     Ok(response.text().await?)
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use test_support::prometheus::{Prometheus, value_of};
 
-use crate::{ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, http_client, login, sample, scrape, up};
+use crate::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, http_client, login, sample, scrape, scrape_as, up,
+};
 
 /// How long Prometheus may take to scrape what a test expects (it scrapes every second).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -123,28 +125,12 @@ async fn every_component_serves_its_own_metrics_and_the_process_counts_once() ->
     );
 
     // Prometheus asks for OpenMetrics first, and gets it.
-    let open = http
-        .get(format!(
-            "http://{}/metrics",
-            flotilla.addr("product", "admin")
-        ))
-        .header(
-            "accept",
-            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
-        )
-        .send()
-        .await?;
-    let content_type = open
-        .headers()
-        .get("content-type")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
-    );
-    let body = open.text().await?;
+    let body = scrape_as(
+        flotilla.addr("product", "admin"),
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+        "application/openmetrics-text",
+    )
+    .await?;
     assert!(body.ends_with("# EOF\n"), "{body}");
     assert!(body.contains("# TYPE grpc_requests counter"), "{body}");
 

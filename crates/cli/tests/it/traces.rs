@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use test_support::otlp::{ReceivedSpan, Receiver};
 
-use crate::{ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, http_client, login, up_with};
+use crate::{ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, http_client, login, scrape_as, up_with};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -152,13 +152,12 @@ async fn a_login_is_one_trace_from_the_gateway_through_auth_to_user() -> TestRes
     }
 
     // The latency histograms lead to the trace: OpenMetrics exemplars carry its id.
-    let scraped = http
-        .get(format!("http://{}/metrics", flotilla.addr("auth", "admin")))
-        .header("accept", "application/openmetrics-text; version=1.0.0")
-        .send()
-        .await?
-        .text()
-        .await?;
+    let scraped = scrape_as(
+        flotilla.addr("auth", "admin"),
+        Some("application/openmetrics-text; version=1.0.0"),
+        "application/openmetrics-text",
+    )
+    .await?;
     let exemplar = format!(r#"# {{trace_id="{}"}}"#, request.trace_id);
     assert!(
         scraped.lines().any(|line| {
