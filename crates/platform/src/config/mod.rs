@@ -264,17 +264,9 @@ impl Settings {
     /// # Errors
     /// [`ConfigError::Invalid`] when the value has another scheme or no host part.
     pub fn url(&self, name: &str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
-        let expected = format!(
-            "a URL starting with {}, such as {default}",
-            schemes
-                .iter()
-                .map(|scheme| format!("{scheme}://"))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        );
+        let expected = format!("{}, such as {default}", url_form(schemes));
         self.parse_or(name, default.to_owned(), &expected, |value| {
-            let (scheme, rest) = value.split_once("://")?;
-            (schemes.contains(&scheme) && !rest.is_empty()).then(|| value.to_owned())
+            is_url(value, schemes).then(|| value.to_owned())
         })
     }
 
@@ -287,20 +279,9 @@ impl Settings {
         name: &str,
         schemes: &[&str],
     ) -> Result<Option<String>, ConfigError> {
-        let expected = format!(
-            "a URL starting with {}",
-            schemes
-                .iter()
-                .map(|scheme| format!("{scheme}://"))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        );
-        self.parse_or(name, OptionalText(None), &expected, |value| {
-            let (scheme, rest) = value.split_once("://")?;
-            (schemes.contains(&scheme) && !rest.is_empty())
-                .then(|| OptionalText(Some(value.to_owned())))
+        self.parse_or(name, None, &url_form(schemes), |value| {
+            is_url(value, schemes).then(|| Some(value.to_owned()))
         })
-        .map(|text| text.0)
     }
 
     /// An optional free-form string: `None` when unset.
@@ -308,10 +289,9 @@ impl Settings {
     /// # Errors
     /// [`ConfigError::Invalid`] when set but empty.
     pub fn optional_string(&self, name: &str) -> Result<Option<String>, ConfigError> {
-        self.parse_or(name, OptionalText(None), "a non-empty value", |value| {
-            Some(OptionalText(Some(value.to_owned())))
+        self.parse_or(name, None, "a non-empty value", |value| {
+            Some(Some(value.to_owned()))
         })
-        .map(|text| text.0)
     }
 
     /// A fraction from 0 to 1, such as a sampling ratio (`0.25`).
@@ -567,9 +547,9 @@ impl Shown<String> for IpList {
     }
 }
 
-impl Shown<String> for Option<IpAddr> {
+impl<T: fmt::Display> Shown<String> for Option<T> {
     fn shown(&self) -> String {
-        self.map(|ip| ip.to_string()).unwrap_or_default()
+        self.as_ref().map(T::to_string).unwrap_or_default()
     }
 }
 
@@ -594,13 +574,20 @@ fn host_port(entry: &str) -> Option<String> {
     (valid_host && port.parse::<u16>().is_ok_and(|port| port > 0)).then(|| entry.to_owned())
 }
 
-/// A value that may be unset, shown empty then.
-struct OptionalText(Option<String>);
+/// What [`Settings::url`] takes: "a URL starting with http:// or https://".
+fn url_form(schemes: &[&str]) -> String {
+    let schemes: Vec<String> = schemes
+        .iter()
+        .map(|scheme| format!("{scheme}://"))
+        .collect();
+    format!("a URL starting with {}", schemes.join(" or "))
+}
 
-impl Shown<String> for OptionalText {
-    fn shown(&self) -> String {
-        self.0.clone().unwrap_or_default()
-    }
+/// Whether `value` is `scheme://something` with one of `schemes`.
+fn is_url(value: &str, schemes: &[&str]) -> bool {
+    value
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty())
 }
 
 impl Shown<f64> for f64 {
