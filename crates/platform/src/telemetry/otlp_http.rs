@@ -13,8 +13,8 @@ use tokio::runtime::Handle;
 /// Runs OTLP/HTTP requests with reqwest on a tokio runtime.
 #[derive(Clone)]
 pub(crate) struct ReqwestOnTokio {
-    client: Result<reqwest::Client, String>,
-    runtime: Option<Handle>,
+    client: reqwest::Client,
+    runtime: Handle,
 }
 
 impl fmt::Debug for ReqwestOnTokio {
@@ -25,30 +25,29 @@ impl fmt::Debug for ReqwestOnTokio {
 
 impl ReqwestOnTokio {
     /// A client on the current runtime whose requests give up after `timeout` (the exporter
-    /// relies on its client for `OTEL_EXPORTER_OTLP_TIMEOUT`); without a runtime, every export
-    /// fails with a clear error.
-    pub(crate) fn new(timeout: std::time::Duration) -> Self {
+    /// relies on its client for `OTEL_EXPORTER_OTLP_TIMEOUT`).
+    ///
+    /// # Errors
+    /// Why not, when called outside a tokio runtime or when reqwest cannot build its client.
+    pub(crate) fn new(timeout: std::time::Duration) -> Result<Self, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Self {
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|error| error.to_string()),
-            runtime: Handle::try_current().ok(),
-        }
+        let runtime = Handle::try_current().map_err(|_| {
+            "the OTLP/HTTP exporter must be built inside a tokio runtime".to_owned()
+        })?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|error| error.to_string())?;
+        Ok(Self { client, runtime })
     }
 }
 
 #[async_trait::async_trait]
 impl HttpClient for ReqwestOnTokio {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let client = self.client.clone()?;
-        let runtime = self
-            .runtime
-            .clone()
-            .ok_or("the OTLP/HTTP exporter was built outside a tokio runtime")?;
+        let client = self.client.clone();
         let request = reqwest::Request::try_from(request)?;
-        let answer = runtime.spawn(async move {
+        let answer = self.runtime.spawn(async move {
             let response = client.execute(request).await?;
             let status = response.status();
             let headers = response.headers().clone();

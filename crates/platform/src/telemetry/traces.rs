@@ -279,6 +279,10 @@ fn exporter(
     config: &TraceConfig,
     endpoint: &str,
 ) -> Result<opentelemetry_otlp::SpanExporter, TraceExportError> {
+    let failed = |reason: String| TraceExportError {
+        endpoint: crate::config::redact_url_password(endpoint),
+        reason,
+    };
     let built = match config.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -290,13 +294,12 @@ fn exporter(
             .with_endpoint(endpoint)
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_timeout(config.timeout)
-            .with_http_client(super::otlp_http::ReqwestOnTokio::new(config.timeout))
+            .with_http_client(
+                super::otlp_http::ReqwestOnTokio::new(config.timeout).map_err(failed)?,
+            )
             .build(),
     };
-    built.map_err(|error| TraceExportError {
-        endpoint: crate::config::redact_url_password(endpoint),
-        reason: error.to_string(),
-    })
+    built.map_err(|error| failed(error.to_string()))
 }
 
 /// Sends each component's spans through the exporter whose resource names it. An exporter call is
