@@ -329,10 +329,8 @@ impl SpanExporter for ByComponent {
                 .find(|attribute| attribute.key.as_str() == COMPONENT_ATTRIBUTE)
                 .and_then(|attribute| {
                     let name = attribute.value.as_str();
-                    self.by_component
-                        .keys()
-                        .find(|known| **known == name.as_ref())
-                        .copied()
+                    let (known, _) = self.by_component.get_key_value(name.as_ref())?;
+                    Some(*known)
                 });
             groups.entry(component).or_default().push(span);
         }
