@@ -53,16 +53,7 @@ impl Etcd {
     /// # Panics
     /// When etcd does not come up within its patience, or its ports were taken on every attempt.
     pub async fn start() -> Option<Self> {
-        if let Err(error) = Command::new("etcd")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            crate::missing_part(
-                "etcd",
-                &format!("cannot run `etcd` ({error}); install Debian's etcd-server"),
-            );
+        if !crate::binary_available("etcd", "install Debian's etcd-server") {
             return None;
         }
         let (client_url, peer_url) = free_urls();

@@ -38,3 +38,44 @@ pub fn missing_part(part: &str, reason: &str) {
     }
     eprintln!("\n!!! SKIPPED: {message}; set FLOTILLA_REQUIRE_EXTERNAL=1 to make this a failure\n");
 }
+
+/// Whether the program `binary` runs (`binary --version`); when it does not, reports it as a
+/// [`missing_part`] with `install`, the package that brings it.
+pub fn binary_available(binary: &str, install: &str) -> bool {
+    match std::process::Command::new(binary)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(_) => true,
+        Err(error) => {
+            missing_part(
+                binary,
+                &format!("cannot run `{binary}` ({error}); {install}"),
+            );
+            false
+        }
+    }
+}
+
+/// Asks `ask` every `interval` until `accept` holds for its answer, for at most `patience`;
+/// returns the last answer either way.
+pub async fn poll_until<T, F>(
+    patience: std::time::Duration,
+    interval: std::time::Duration,
+    mut ask: impl FnMut() -> F,
+    accept: impl Fn(&T) -> bool,
+) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let answer = ask().await;
+        if accept(&answer) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -110,14 +110,11 @@ impl Receiver {
         patience: Duration,
         condition: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Vec<ReceivedSpan> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let spans = self.spans();
-            if condition(&spans) || Instant::now() > deadline {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let spans = || std::future::ready(self.spans());
+        crate::poll_until(patience, Duration::from_millis(50), spans, |spans| {
+            condition(spans)
+        })
+        .await
     }
 }
 

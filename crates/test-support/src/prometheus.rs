@@ -13,6 +13,8 @@ const START_PATIENCE: Duration = Duration::from_secs(30);
 /// How many free ports a start tries before it gives up (another process may take the port
 /// between the probe and Prometheus' bind).
 const START_ATTEMPTS: u32 = 4;
+/// How often a test's question is asked again while it waits for an answer.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A running Prometheus server.
 #[derive(Debug)]
@@ -33,17 +35,7 @@ impl Prometheus {
     /// # Panics
     /// When Prometheus does not come up within its patience, or refuses a rule file.
     pub async fn start(job: &str, targets: &[SocketAddr], rule_files: &[&Path]) -> Option<Self> {
-        if Command::new("prometheus")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            crate::missing_part(
-                "prometheus",
-                "no `prometheus` binary; apt-get install prometheus",
-            );
+        if !crate::binary_available("prometheus", "apt-get install prometheus") {
             return None;
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -164,7 +156,13 @@ impl Prometheus {
         patience: Duration,
         accept: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        poll(patience, || self.rules(), accept).await
+        crate::poll_until(
+            patience,
+            POLL_INTERVAL,
+            || self.rules(),
+            |rules| accept(rules),
+        )
+        .await
     }
 
     /// Polls `expression` every half second until `accept` holds for its result, for at most
@@ -175,27 +173,13 @@ impl Prometheus {
         patience: Duration,
         accept: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        poll(patience, || self.query(expression), accept).await
-    }
-}
-
-/// Asks `ask` every half second until `accept` holds for its answer, for at most `patience`;
-/// returns the last answer either way.
-async fn poll<F>(
-    patience: Duration,
-    ask: impl Fn() -> F,
-    accept: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value>
-where
-    F: std::future::Future<Output = Vec<serde_json::Value>>,
-{
-    let deadline = Instant::now() + patience;
-    loop {
-        let answer = ask().await;
-        if accept(&answer) || Instant::now() > deadline {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        crate::poll_until(
+            patience,
+            POLL_INTERVAL,
+            || self.query(expression),
+            |result| accept(result),
+        )
+        .await
     }
 }
 
