@@ -69,13 +69,9 @@ def count(work, label, command, env, port, seconds):
 
 
 def flotilla(binary, work, label, level, seconds):
-    port, admin = compare.free_port(), compare.free_port()
+    port = compare.free_port()
     name = re.sub(r"[^A-Za-z0-9]+", "-", label)
-    env = dict(os.environ, DATABASE_URL=f"sqlite://{work}/{name}.db",
-               FLOTILLA_PRODUCT_SEED_DEMO="true", FLOTILLA_DISCOVERY="static",
-               FLOTILLA_PRODUCT_GRPC_ADDR=f"127.0.0.1:{port}",
-               FLOTILLA_PRODUCT_ADMIN_ADDR=f"127.0.0.1:{admin}", RUST_LOG=level)
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    env = compare.product_env(work, name, port, level)
     command = [binary, "serve", "product", "--data-dir", f"{work}/{name}"]
     return count(work, label, command, env, port, seconds)
 

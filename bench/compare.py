@@ -80,13 +80,20 @@ def grpc_load(addr, concurrency, pid):
     return report
 
 
-def start_full(work, label):
-    port, admin = free_port(), free_port()
+def product_env(work, label, port, level="info"):
+    """`flotilla serve product` on `port` (admin on a free one), SQLite with the demo seed, static
+    discovery, no trace export, RUST_LOG=`level`."""
     env = dict(os.environ,
                DATABASE_URL=f"sqlite://{work}/{label}.db", FLOTILLA_PRODUCT_SEED_DEMO="true",
                FLOTILLA_DISCOVERY="static", FLOTILLA_PRODUCT_GRPC_ADDR=f"127.0.0.1:{port}",
-               FLOTILLA_PRODUCT_ADMIN_ADDR=f"127.0.0.1:{admin}", RUST_LOG="info")
+               FLOTILLA_PRODUCT_ADMIN_ADDR=f"127.0.0.1:{free_port()}", RUST_LOG=level)
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    return env
+
+
+def start_full(work, label):
+    port = free_port()
+    env = product_env(work, label, port)
     process = subprocess.Popen(
         ["taskset", "-c", "0", f"{BIN}/flotilla", "serve", "product", "--data-dir", f"{work}/{label}"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(f"{work}/{label}.log", "w"))
@@ -203,17 +210,19 @@ def main():
     # The machine's speed drifts between runs by more than the gap measured: each round's two
     # servers ran back to back, so the median of the rounds' own ratios is the steadier figure.
     for concurrency in CONCURRENCIES:
-        fulls = results[("flotilla serve product", concurrency)]
-        bares = results[("bare tonic", concurrency)]
-        full, bare = median_of(fulls, "calls_per_second"), median_of(bares, "calls_per_second")
-        paired = statistics.median(f["calls_per_second"] / b["calls_per_second"] for f, b in zip(fulls, bares))
-        print(f"full stack at {concurrency} streams: {full / bare:.1%} of the bare server's throughput "
-              f"(median of the rounds' own ratios: {paired:.1%})")
-    gateways, directs = results[("gateway HTTP, wrk", 64)], results[("direct gRPC in up", 64)]
-    gateway, direct = median_of(gateways, "calls_per_second"), median_of(directs, "calls_per_second")
-    paired = statistics.median(g["calls_per_second"] / d["calls_per_second"] for g, d in zip(gateways, directs))
-    print(f"gateway path: {gateway / direct:.1%} of the direct gRPC throughput "
-          f"(median of the rounds' own ratios: {paired:.1%})")
+        print(ratio_line(f"full stack at {concurrency} streams", "the bare server's",
+                         results[("flotilla serve product", concurrency)],
+                         results[("bare tonic", concurrency)]))
+    print(ratio_line("gateway path", "the direct gRPC", results[("gateway HTTP, wrk", 64)],
+                     results[("direct gRPC in up", 64)]))
+
+
+def ratio_line(label, baseline, runs, baseline_runs):
+    ratio = median_of(runs, "calls_per_second") / median_of(baseline_runs, "calls_per_second")
+    paired = statistics.median(run["calls_per_second"] / base["calls_per_second"]
+                               for run, base in zip(runs, baseline_runs))
+    return (f"{label}: {ratio:.1%} of {baseline} throughput "
+            f"(median of the rounds' own ratios: {paired:.1%})")
 
 
 if __name__ == "__main__":
