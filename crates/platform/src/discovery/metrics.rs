@@ -20,18 +20,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::time::Instant;
 
 use super::upstream::Upstream;
 use crate::resilience::breaker::{BreakerState, Transition, TransitionHook};
 use crate::resilience::retry::RetryStats;
 use crate::telemetry::grpc_metrics::GrpcMetrics;
-use crate::telemetry::metrics::{Metrics, encode_gauges};
+use crate::telemetry::metrics::{Metrics, encode_counters, encode_gauges};
 
 /// `from` and `to` of a breaker transition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -150,19 +148,18 @@ impl Collector for UpstreamCollector {
             }),
         )?;
 
-        let mut family = encoder.encode_descriptor(
+        encode_gauges(
+            &mut encoder,
             "flotilla_breaker_reject_probability",
             "The probability an adaptive breaker turns the next call away",
-            None,
-            MetricType::Gauge,
+            breakers.iter().map(|breaker| {
+                let labels = BreakerLabels {
+                    grpc_service: breaker.service.clone(),
+                    grpc_method: breaker.method.clone(),
+                };
+                (labels, breaker.reject_probability)
+            }),
         )?;
-        for breaker in &breakers {
-            let labels = BreakerLabels {
-                grpc_service: breaker.service.clone(),
-                grpc_method: breaker.method.clone(),
-            };
-            ConstGauge::new(breaker.reject_probability).encode(family.encode_family(&labels)?)?;
-        }
 
         let figures: Vec<UpstreamFigures> = channels
             .iter()
@@ -179,38 +176,40 @@ impl Collector for UpstreamCollector {
                 }
             })
             .collect();
-        upstream_counters(
+        encode_counters(
             &mut encoder,
             "flotilla_retry_calls",
             "Calls to an upstream that the retry layer saw (each one a deposit in the budget)",
-            &figures,
-            |figures| figures.retries.calls,
+            figures
+                .iter()
+                .map(|figures| (upstream_labels(figures), figures.retries.calls)),
         )?;
-        upstream_counters(
+        encode_counters(
             &mut encoder,
             "flotilla_retries",
             "Retries sent to an upstream",
-            &figures,
-            |figures| figures.retries.retries,
+            figures
+                .iter()
+                .map(|figures| (upstream_labels(figures), figures.retries.retries)),
         )?;
-        let mut family = encoder.encode_descriptor(
+        encode_counters(
+            &mut encoder,
             "flotilla_retries_skipped",
             "Retries not sent: the budget was spent, or the deadline left no time for another try",
-            None,
-            MetricType::Counter,
+            figures.iter().flat_map(|figures| {
+                [
+                    ("budget", figures.retries.refused_by_budget),
+                    ("deadline", figures.retries.skipped_for_deadline),
+                ]
+                .map(|(reason, count)| {
+                    let labels = SkippedLabels {
+                        upstream: figures.upstream.clone(),
+                        reason,
+                    };
+                    (labels, count)
+                })
+            }),
         )?;
-        for figures in &figures {
-            for (reason, count) in [
-                ("budget", figures.retries.refused_by_budget),
-                ("deadline", figures.retries.skipped_for_deadline),
-            ] {
-                let labels = SkippedLabels {
-                    upstream: figures.upstream.clone(),
-                    reason,
-                };
-                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-            }
-        }
         encode_gauges(
             &mut encoder,
             "flotilla_discovery_instances",
@@ -239,22 +238,6 @@ struct UpstreamFigures {
     retries: RetryStats,
     instances: usize,
     ejected: usize,
-}
-
-/// One counter family with a sample per upstream.
-fn upstream_counters(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    figures: &[UpstreamFigures],
-    value: impl Fn(&UpstreamFigures) -> u64,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for figures in figures {
-        ConstCounter::new(value(figures))
-            .encode(family.encode_family(&upstream_labels(figures))?)?;
-    }
-    Ok(())
 }
 
 fn upstream_labels(figures: &UpstreamFigures) -> UpstreamLabels {

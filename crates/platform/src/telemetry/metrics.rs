@@ -64,22 +64,72 @@ pub fn latency_histogram() -> LatencyHistogram {
 ///
 /// # Errors
 /// A formatting error from the encoder.
-pub(crate) fn encode_gauges<L: prometheus_client::encoding::EncodeLabelSet>(
+pub(crate) fn encode_gauges<L, V>(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (L, i64)>,
-) -> Result<(), fmt::Error> {
-    use prometheus_client::encoding::EncodeMetric as _;
-    let mut family = encoder.encode_descriptor(
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    prometheus_client::metrics::gauge::ConstGauge<V>: prometheus_client::encoding::EncodeMetric,
+{
+    encode_family(
+        encoder,
         name,
         help,
-        None,
         prometheus_client::metrics::MetricType::Gauge,
-    )?;
-    for (labels, value) in samples {
-        prometheus_client::metrics::gauge::ConstGauge::new(value)
-            .encode(family.encode_family(&labels)?)?;
+        samples.into_iter().map(|(labels, value)| {
+            (
+                labels,
+                prometheus_client::metrics::gauge::ConstGauge::new(value),
+            )
+        }),
+    )
+}
+
+/// [`encode_gauges`] for counts another part keeps (retries made, say).
+///
+/// # Errors
+/// A formatting error from the encoder.
+pub(crate) fn encode_counters<L, V>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    prometheus_client::metrics::counter::ConstCounter<V>: prometheus_client::encoding::EncodeMetric,
+{
+    encode_family(
+        encoder,
+        name,
+        help,
+        prometheus_client::metrics::MetricType::Counter,
+        samples.into_iter().map(|(labels, value)| {
+            (
+                labels,
+                prometheus_client::metrics::counter::ConstCounter::new(value),
+            )
+        }),
+    )
+}
+
+fn encode_family<L, M>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: prometheus_client::metrics::MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    M: prometheus_client::encoding::EncodeMetric,
+{
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }
