@@ -140,3 +140,14 @@ fn sample(scraped: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Asserts each sample of `expected` (series exactly as rendered, and its value) in a scrape.
+fn assert_samples(scraped: &str, expected: &[(&str, f64)]) {
+    for (series, value) in expected {
+        assert_eq!(
+            sample(scraped, series),
+            Some(*value),
+            "{series} in\n{scraped}"
+        );
+    }
+}

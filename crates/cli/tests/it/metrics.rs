@@ -10,7 +10,8 @@ use std::time::Duration;
 use test_support::prometheus::{Prometheus, value_of};
 
 use crate::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, http_client, login, sample, scrape, scrape_as, up,
+    ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, assert_samples, http_client, login, sample, scrape,
+    scrape_as, up,
 };
 
 /// How long Prometheus may take to scrape what a test expects (it scrapes every second).
@@ -35,39 +36,36 @@ async fn every_component_serves_its_own_metrics_and_the_process_counts_once() ->
     assert_eq!(missing.status(), 404);
 
     let product = scrape(flotilla.addr("product", "admin")).await?;
-    for (series, value) in [
-        (
-            r#"grpc_requests_total{service="product",method="ListProducts",code="OK"}"#,
-            3.0,
-        ),
-        (
-            r#"grpc_requests_total{service="product",method="GetProduct",code="NOT_FOUND"}"#,
-            1.0,
-        ),
-        (
-            r#"grpc_server_handled_total{grpc_service="flotilla.product.v1.ProductService",grpc_method="ListProducts",grpc_type="unary",grpc_code="OK"}"#,
-            3.0,
-        ),
-        (
-            r#"grpc_server_handling_seconds_count{grpc_service="flotilla.product.v1.ProductService",grpc_method="ListProducts",grpc_type="unary"}"#,
-            3.0,
-        ),
-        (r#"flotilla_concurrency_in_flight{service="product"}"#, 0.0),
-        (
-            r#"flotilla_db_pool_max_connections{service="product"}"#,
-            10.0,
-        ),
-        (
-            r#"flotilla_db_pool_connections{service="product",state="in_use"}"#,
-            0.0,
-        ),
-    ] {
-        assert_eq!(
-            sample(&product, series),
-            Some(value),
-            "{series} in\n{product}"
-        );
-    }
+    assert_samples(
+        &product,
+        &[
+            (
+                r#"grpc_requests_total{service="product",method="ListProducts",code="OK"}"#,
+                3.0,
+            ),
+            (
+                r#"grpc_requests_total{service="product",method="GetProduct",code="NOT_FOUND"}"#,
+                1.0,
+            ),
+            (
+                r#"grpc_server_handled_total{grpc_service="flotilla.product.v1.ProductService",grpc_method="ListProducts",grpc_type="unary",grpc_code="OK"}"#,
+                3.0,
+            ),
+            (
+                r#"grpc_server_handling_seconds_count{grpc_service="flotilla.product.v1.ProductService",grpc_method="ListProducts",grpc_type="unary"}"#,
+                3.0,
+            ),
+            (r#"flotilla_concurrency_in_flight{service="product"}"#, 0.0),
+            (
+                r#"flotilla_db_pool_max_connections{service="product"}"#,
+                10.0,
+            ),
+            (
+                r#"flotilla_db_pool_connections{service="product",state="in_use"}"#,
+                0.0,
+            ),
+        ],
+    );
     assert!(
         sample(
             &product,
@@ -87,36 +85,33 @@ async fn every_component_serves_its_own_metrics_and_the_process_counts_once() ->
     );
 
     let gateway_metrics = scrape(flotilla.addr("gateway", "admin")).await?;
-    for (series, value) in [
-        (
-            r#"http_requests_total{method="GET",route="/v1/products",status="200"}"#,
-            3.0,
-        ),
-        (
-            r#"http_requests_total{method="GET",route="/v1/products/{id}",status="404"}"#,
-            1.0,
-        ),
-        (
-            r#"grpc_client_handled_total{grpc_service="flotilla.product.v1.ProductService",grpc_method="GetProduct",grpc_type="unary",grpc_code="NotFound"}"#,
-            1.0,
-        ),
-        (r#"flotilla_discovery_instances{upstream="product"}"#, 1.0),
-        (
-            r#"flotilla_balancer_ejected_instances{upstream="product"}"#,
-            0.0,
-        ),
-        (r#"flotilla_retries_total{upstream="product"}"#, 0.0),
-        (
-            r#"flotilla_breaker_state{grpc_service="flotilla.product.v1.ProductService",grpc_method="ListProducts",state="closed"}"#,
-            1.0,
-        ),
-    ] {
-        assert_eq!(
-            sample(&gateway_metrics, series),
-            Some(value),
-            "{series} in\n{gateway_metrics}"
-        );
-    }
+    assert_samples(
+        &gateway_metrics,
+        &[
+            (
+                r#"http_requests_total{method="GET",route="/v1/products",status="200"}"#,
+                3.0,
+            ),
+            (
+                r#"http_requests_total{method="GET",route="/v1/products/{id}",status="404"}"#,
+                1.0,
+            ),
+            (
+                r#"grpc_client_handled_total{grpc_service="flotilla.product.v1.ProductService",grpc_method="GetProduct",grpc_type="unary",grpc_code="NotFound"}"#,
+                1.0,
+            ),
+            (r#"flotilla_discovery_instances{upstream="product"}"#, 1.0),
+            (
+                r#"flotilla_balancer_ejected_instances{upstream="product"}"#,
+                0.0,
+            ),
+            (r#"flotilla_retries_total{upstream="product"}"#, 0.0),
+            (
+                r#"flotilla_breaker_state{grpc_service="flotilla.product.v1.ProductService",grpc_method="ListProducts",state="closed"}"#,
+                1.0,
+            ),
+        ],
+    );
     let rss = sample(&gateway_metrics, "process_resident_memory_bytes").ok_or("no RSS")?;
     assert!(rss > 1_000_000.0, "{rss}");
     assert!(
