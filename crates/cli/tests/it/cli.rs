@@ -6,30 +6,8 @@ use crate::{TestResult, binary};
 
 #[test]
 fn a_bad_setting_stops_the_start_with_exit_64_and_a_clear_message() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let output = Command::new(binary())
-        .args(["up", "--data-dir"])
-        .arg(dir.path())
-        .env("FLOTILLA_DRAIN_TIMEOUT", "10")
-        .output()?;
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("FLOTILLA_DRAIN_TIMEOUT=\"10\""), "{stderr}");
-    assert!(
-        stderr.contains("15m"),
-        "the expected form is shown: {stderr}"
-    );
-    assert!(
-        !dir.path().join("product.db").exists(),
-        "nothing starts on a bad setting"
-    );
-    Ok(())
-}
-
-#[test]
-fn a_bad_opentelemetry_variable_stops_the_start_naming_it_and_the_choices() -> TestResult {
-    let dir = tempfile::tempdir()?;
     for (name, value, expected) in [
+        ("FLOTILLA_DRAIN_TIMEOUT", "10", "15m"),
         (
             "OTEL_TRACES_SAMPLER",
             "sometimes",
@@ -37,16 +15,25 @@ fn a_bad_opentelemetry_variable_stops_the_start_naming_it_and_the_choices() -> T
         ),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4317", "http://"),
     ] {
+        let dir = tempfile::tempdir()?;
         let output = Command::new(binary())
             .args(["up", "--data-dir"])
             .arg(dir.path())
             .env(name, value)
             .output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert_eq!(output.status.code(), Some(64), "{name}: {stderr}");
         assert!(
-            stderr.contains(&format!("{name}=\"{value}\"")) && stderr.contains(expected),
-            "{stderr}"
+            stderr.contains(&format!("{name}=\"{value}\"")),
+            "the variable and its value are named: {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "the expected form is shown: {stderr}"
+        );
+        assert!(
+            !dir.path().join("product.db").exists(),
+            "nothing starts on a bad setting ({name})"
         );
     }
     Ok(())
