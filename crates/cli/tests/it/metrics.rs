@@ -157,7 +157,6 @@ async fn prometheus_scrapes_every_listener_and_counts_each_request_once() -> Tes
             .send()
             .await?
             .error_for_status()?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     login(&http, gateway, ADMIN_EMAIL, ADMIN_PASSWORD)
         .await?
