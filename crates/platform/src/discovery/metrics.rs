@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
 
@@ -29,7 +29,7 @@ use super::upstream::Upstream;
 use crate::resilience::breaker::{BreakerState, Transition, TransitionHook};
 use crate::resilience::retry::RetryStats;
 use crate::telemetry::grpc_metrics::GrpcMetrics;
-use crate::telemetry::metrics::{Metrics, encode_counters, encode_gauges};
+use crate::telemetry::metrics::{Metrics, encode_family, encode_gauges};
 
 /// `from` and `to` of a breaker transition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -176,23 +176,29 @@ impl Collector for UpstreamCollector {
                 }
             })
             .collect();
-        encode_counters(
+        encode_family(
             &mut encoder,
             "flotilla_retry_calls",
             "Calls to an upstream that the retry layer saw (each one a deposit in the budget)",
-            figures
-                .iter()
-                .map(|figures| (upstream_labels(figures), figures.retries.calls)),
+            figures.iter().map(|figures| {
+                (
+                    upstream_labels(figures),
+                    ConstCounter::new(figures.retries.calls),
+                )
+            }),
         )?;
-        encode_counters(
+        encode_family(
             &mut encoder,
             "flotilla_retries",
             "Retries sent to an upstream",
-            figures
-                .iter()
-                .map(|figures| (upstream_labels(figures), figures.retries.retries)),
+            figures.iter().map(|figures| {
+                (
+                    upstream_labels(figures),
+                    ConstCounter::new(figures.retries.retries),
+                )
+            }),
         )?;
-        encode_counters(
+        encode_family(
             &mut encoder,
             "flotilla_retries_skipped",
             "Retries not sent: the budget was spent, or the deadline left no time for another try",
@@ -206,7 +212,7 @@ impl Collector for UpstreamCollector {
                         upstream: figures.upstream.clone(),
                         reason,
                     };
-                    (labels, count)
+                    (labels, ConstCounter::new(count))
                 })
             }),
         )?;

@@ -74,60 +74,32 @@ where
     L: prometheus_client::encoding::EncodeLabelSet,
     prometheus_client::metrics::gauge::ConstGauge<V>: prometheus_client::encoding::EncodeMetric,
 {
+    use prometheus_client::metrics::gauge::ConstGauge;
+    let samples = samples.into_iter();
     encode_family(
         encoder,
         name,
         help,
-        prometheus_client::metrics::MetricType::Gauge,
-        samples.into_iter().map(|(labels, value)| {
-            (
-                labels,
-                prometheus_client::metrics::gauge::ConstGauge::new(value),
-            )
-        }),
+        samples.map(|(labels, value)| (labels, ConstGauge::new(value))),
     )
 }
 
-/// [`encode_gauges`] for counts another part keeps (retries made, say).
+/// Encodes one family of samples read at scrape time, of the metrics' own type: gauges through
+/// [`encode_gauges`], counts another part keeps as `ConstCounter`s.
 ///
 /// # Errors
 /// A formatting error from the encoder.
-pub(crate) fn encode_counters<L, V>(
+pub(crate) fn encode_family<L, M>(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (L, V)>,
-) -> Result<(), fmt::Error>
-where
-    L: prometheus_client::encoding::EncodeLabelSet,
-    prometheus_client::metrics::counter::ConstCounter<V>: prometheus_client::encoding::EncodeMetric,
-{
-    encode_family(
-        encoder,
-        name,
-        help,
-        prometheus_client::metrics::MetricType::Counter,
-        samples.into_iter().map(|(labels, value)| {
-            (
-                labels,
-                prometheus_client::metrics::counter::ConstCounter::new(value),
-            )
-        }),
-    )
-}
-
-fn encode_family<L, M>(
-    encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    metric_type: prometheus_client::metrics::MetricType,
     samples: impl IntoIterator<Item = (L, M)>,
 ) -> Result<(), fmt::Error>
 where
     L: prometheus_client::encoding::EncodeLabelSet,
-    M: prometheus_client::encoding::EncodeMetric,
+    M: prometheus_client::encoding::EncodeMetric + prometheus_client::metrics::TypedMetric,
 {
-    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
     for (labels, metric) in samples {
         metric.encode(family.encode_family(&labels)?)?;
     }
