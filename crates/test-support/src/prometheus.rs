@@ -149,6 +149,25 @@ impl Prometheus {
         answer["data"].clone()
     }
 
+    /// Waits, for at most `patience`, until the first series `expression` answers reads
+    /// `expected`.
+    ///
+    /// # Panics
+    /// When it does not, with the last answer and Prometheus' log.
+    pub async fn expect_value(&self, expression: &str, expected: f64, patience: Duration) {
+        let result = self
+            .query_until(expression, patience, |result| {
+                result.first().and_then(value_of) == Some(expected)
+            })
+            .await;
+        assert_eq!(
+            result.first().and_then(value_of),
+            Some(expected),
+            "{expression}: {result:?}; prometheus log:\n{}",
+            self.log()
+        );
+    }
+
     /// Polls [`Prometheus::rules`] every half second until `accept` holds, for at most `patience`;
     /// returns the last answer either way.
     pub async fn rules_until(

@@ -182,31 +182,11 @@ async fn prometheus_scrapes_every_listener_and_counts_each_request_once() -> Tes
         );
     }
     // Each request is counted once, though every listener is scraped.
-    let lists = prometheus
-        .query_until(
-            "sum(grpc_requests_total{service=\"product\",method=\"ListProducts\"})",
-            PATIENCE,
-            |result| result.first().and_then(value_of) == Some(LISTS as f64),
-        )
-        .await;
-    assert_eq!(
-        lists.first().and_then(value_of),
-        Some(LISTS as f64),
-        "{lists:?}"
-    );
+    let lists = "sum(grpc_requests_total{service=\"product\",method=\"ListProducts\"})";
+    prometheus.expect_value(lists, LISTS as f64, PATIENCE).await;
     // Each target is scraped on its own schedule: wait for the gateway's too.
-    let gets = prometheus
-        .query_until(
-            "sum(http_requests_total{route=\"/v1/products\",status=\"200\"})",
-            PATIENCE,
-            |result| result.first().and_then(value_of) == Some(LISTS as f64),
-        )
-        .await;
-    assert_eq!(
-        gets.first().and_then(value_of),
-        Some(LISTS as f64),
-        "{gets:?}"
-    );
+    let gets = "sum(http_requests_total{route=\"/v1/products\",status=\"200\"})";
+    prometheus.expect_value(gets, LISTS as f64, PATIENCE).await;
 
     // A rate needs traffic between two scrapes: keep some going while Prometheus is asked.
     let load = {
