@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use test_support::otlp::{ReceivedSpan, Receiver};
 
-use crate::{ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, http_client, login, scrape_as, up_with};
+use test_support::process::Flotilla;
+
+use crate::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, TestResult, binary, grpc_channel, http_client, login, scrape_as,
+    up_with,
+};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -218,6 +223,58 @@ async fn spans_travel_over_otlp_http_too_and_are_flushed_at_shutdown() -> TestRe
             .iter()
             .any(|span| span.name.starts_with("grpc.health")),
         "health checks are not traced"
+    );
+    Ok(())
+}
+
+/// Under `serve` the process is one component: its spans, the database's included, go out under
+/// its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_component_exports_under_its_own_name() -> TestResult {
+    use platform::proto::product::v1 as pb;
+    use platform::proto::product::v1::product_service_client::ProductServiceClient;
+
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir()?;
+    let endpoint = receiver.endpoint();
+    let database = format!("sqlite://{}/product.db", dir.path().display());
+    let product = Flotilla::serve(
+        binary(),
+        "product",
+        dir.path(),
+        &[
+            ("DATABASE_URL", database.as_str()),
+            ("FLOTILLA_PRODUCT_SEED_DEMO", "true"),
+            ("FLOTILLA_DISCOVERY", "static"),
+            ("FLOTILLA_PRODUCT_GRPC_ADDR", "127.0.0.1:0"),
+            ("FLOTILLA_PRODUCT_ADMIN_ADDR", "127.0.0.1:0"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ],
+    )
+    .await;
+    let mut client =
+        ProductServiceClient::new(grpc_channel(product.addr("product", "grpc")).await?);
+    client
+        .list_products(pb::ListProductsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await?;
+    product.stop().await;
+
+    let spans = receiver.spans();
+    let list = "flotilla.product.v1.ProductService/ListProducts";
+    let served = find(&spans, "product", list, SERVER)
+        .ok_or_else(|| format!("no product {list} span in {spans:#?}"))?;
+    assert!(
+        spans.iter().any(
+            |span| span.trace_id == served.trace_id && span.name.starts_with("SELECT products")
+        ),
+        "the query is in the call's trace: {spans:#?}"
+    );
+    assert!(
+        spans.iter().all(|span| span.service == "product"),
+        "{spans:#?}"
     );
     Ok(())
 }
