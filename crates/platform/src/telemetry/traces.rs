@@ -227,21 +227,28 @@ impl Traces {
             (_, Some(name)) => name.clone(),
             _ => "flotilla".to_owned(),
         };
-        let mut by_component = BTreeMap::new();
-        for component in components {
-            let mut exporter = exporter(config, endpoint)?;
-            exporter.set_resource(&resource(&name_of(component)));
-            by_component.insert(*component, exporter);
-        }
-        let mut fallback = exporter(config, endpoint)?;
-        fallback.set_resource(&resource(&fallback_name));
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(config.sampler.sampler())
-            .with_batch_exporter(ByComponent {
+        let builder = SdkTracerProvider::builder().with_sampler(config.sampler.sampler());
+        let provider = if components.len() > 1 {
+            let mut by_component = BTreeMap::new();
+            for component in components {
+                let mut exporter = exporter(config, endpoint)?;
+                exporter.set_resource(&resource(&name_of(component)));
+                by_component.insert(*component, exporter);
+            }
+            let mut fallback = exporter(config, endpoint)?;
+            fallback.set_resource(&resource(&fallback_name));
+            builder.with_batch_exporter(ByComponent {
                 by_component,
                 fallback,
             })
-            .build();
+        } else {
+            // One component (`serve`): one exporter, the name on the provider's resource, which
+            // the SDK hands to the exporter.
+            builder
+                .with_resource(resource(&fallback_name))
+                .with_batch_exporter(exporter(config, endpoint)?)
+        }
+        .build();
         Ok(Some(Self {
             provider,
             timeout: config.timeout,
